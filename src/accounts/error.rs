@@ -1,0 +1,69 @@
+//! What the account use cases can refuse, in terms callers act on.
+
+use crate::{domain::ParseError, password::HashError, store::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("{field}: {error}")]
+    InvalidField {
+        field: &'static str,
+        error: ParseError,
+    },
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("this API token is already in use")]
+    UserTokenTaken,
+    /// The same for an unknown email, a wrong password and an inactive user.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("the token is invalid or expired")]
+    TokenInvalid,
+    #[error("this call needs caller credentials")]
+    CredentialsMissing,
+    #[error("{0}")]
+    CredentialsMalformed(&'static str),
+    #[error("signup is allowed only through an invite link")]
+    SignupRequiresInvite,
+    #[error("only an authenticated caller may choose user_token")]
+    UserTokenNotAllowed,
+    #[error("the invite link is invalid or has been reset")]
+    InviteInvalid,
+    #[error("the caller is not a member of an organization")]
+    NotAMember,
+    #[error("this call needs a session token (authorization: Bearer)")]
+    SessionRequired,
+    #[error("the service is busy; retry shortly")]
+    Overloaded,
+    #[error("the service is starting or its database is unavailable")]
+    Unavailable(#[source] Option<StoreError>),
+    #[error("unexpected error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+impl AccountsError {
+    pub fn invalid(field: &'static str) -> impl FnOnce(ParseError) -> Self {
+        move |error| Self::InvalidField { field, error }
+    }
+}
+
+impl From<StoreError> for AccountsError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Unavailable(Some(error)),
+            StoreError::InviteNotFound => Self::InviteInvalid,
+            StoreError::OrganizationNotFound => Self::NotAMember,
+            StoreError::Conflict(crate::store::Unique::Email) => Self::EmailTaken,
+            StoreError::Conflict(crate::store::Unique::Token) => Self::UserTokenTaken,
+            other => Self::Unexpected(other.into()),
+        }
+    }
+}
+
+impl From<HashError> for AccountsError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Overloaded => Self::Overloaded,
+            HashError::Unexpected(message) => Self::Unexpected(anyhow::anyhow!(message)),
+        }
+    }
+}

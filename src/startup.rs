@@ -1,0 +1,222 @@
+//! The composition root: builds the store, the hasher, the use cases and the gRPC server from
+//! settings, and runs them until a shutdown signal. The binary and the tests share it.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy},
+    config::Settings,
+    grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, pb},
+    password::PasswordHasher,
+    store::{self, Store, StoreError},
+};
+
+/// How often readiness re-checks the database.
+const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one readiness ping may take before the database counts as away.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Application {
+    listener: TcpListener,
+    accounts: Accounts,
+    settings: Settings,
+    bootstrap: Option<BootstrapAccount>,
+}
+
+impl Application {
+    /// Checks the settings, opens the store and binds the listener. Nothing is served yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let bootstrap = BootstrapAccount::parse(
+            settings.bootstrap.username.as_deref(),
+            settings
+                .bootstrap
+                .password
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
+            settings
+                .bootstrap
+                .user_token
+                .as_ref()
+                .map(secrecy::ExposeSecret::expose_secret),
+        )?;
+        let accounts = build_accounts(&settings).await?;
+        let addr = settings.server.bind_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Self {
+            listener,
+            accounts,
+            settings,
+            bootstrap,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves. Health reports NOT_SERVING until migrations ran and the
+    /// database answers; on shutdown it turns NOT_SERVING at once, the listener closes, and calls
+    /// in flight get the configured grace period to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_readiness(&health, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS_SERVICE_NAME, ServingStatus::Serving)
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let server_settings = &self.settings.server;
+        let identity = pb::identity_service_server::IdentityServiceServer::new(IdentityApi::new(
+            self.accounts.clone(),
+        ))
+        .max_decoding_message_size(server_settings.max_request_bytes);
+
+        let (stop, stopped) = watch::channel(false);
+        let mut stopped_signal = stopped.clone();
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(server_settings.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .http2_max_header_list_size(16 * 1024)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(identity)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                let _ = stopped_signal.wait_for(|stop| *stop).await;
+            });
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(server);
+        let mut readiness = tokio::spawn(readiness(
+            self.accounts.clone(),
+            health.clone(),
+            self.bootstrap,
+        ));
+
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            fatal = &mut readiness => match fatal {
+                Ok(Err(error)) => Err(error),
+                Ok(Ok(())) => Ok(()),
+                Err(join) => Err(anyhow::anyhow!("readiness task failed: {join}")),
+            },
+            served = &mut server => return served?.map_err(Into::into),
+        };
+        readiness.abort();
+        set_readiness(&health, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS_SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        tracing::info!("shutting down: no new calls, finishing calls in flight");
+        let _ = stop.send(true);
+        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(served) => served??,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "grace period over; ending calls still in flight"
+                );
+                server.abort();
+            }
+        }
+        outcome
+    }
+}
+
+/// The store, the hasher and the use cases, as every command needs them.
+pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
+    let store = store::connect(settings).await?;
+    let hasher = PasswordHasher::new(&settings.argon2)?;
+    let policy = Policy {
+        disable_signup_without_link: settings.signup.disable_without_link,
+        session_ttl: chrono::Duration::seconds(
+            i64::try_from(settings.session.ttl_seconds).unwrap_or(i64::MAX / 1_000_000),
+        ),
+        public_url: settings.server.public_url().map(str::to_owned),
+    };
+    Ok(Accounts::new(store, hasher, policy))
+}
+
+/// Runs the migrations, retrying while the database is away; other failures are fatal.
+pub async fn migrate(store: &Arc<dyn Store>) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Unavailable(error)) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database unavailable; migrations wait");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context("migrations failed"));
+            }
+        }
+    }
+}
+
+async fn set_readiness(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Migrates, bootstraps, then keeps health in step with the database. Returns only on a fatal
+/// error; it is aborted at shutdown.
+async fn readiness(
+    accounts: Accounts,
+    health: HealthReporter,
+    bootstrap: Option<BootstrapAccount>,
+) -> anyhow::Result<()> {
+    migrate(accounts.store()).await?;
+    accounts.mark_ready();
+    if let Some(account) = &bootstrap {
+        match accounts.bootstrap(account, crate::accounts::now()).await {
+            Ok(Bootstrapped::Created) => tracing::info!("bootstrap account created"),
+            Ok(Bootstrapped::AlreadyExists) => {
+                tracing::info!("bootstrap account exists; left as it is");
+            }
+            Err(error) => return Err(anyhow::Error::new(error).context("bootstrap failed")),
+        }
+    }
+    let mut serving = None;
+    loop {
+        let up = matches!(
+            tokio::time::timeout(PING_TIMEOUT, accounts.store().ping()).await,
+            Ok(Ok(()))
+        );
+        if serving != Some(up) {
+            if up {
+                tracing::info!("database reachable: serving");
+            } else {
+                tracing::warn!("database unreachable: not serving");
+            }
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_readiness(&health, status).await;
+            serving = Some(up);
+        }
+        tokio::time::sleep(READINESS_INTERVAL).await;
+    }
+}

@@ -1,0 +1,403 @@
+//! The embedded SQLite backend: the default when no database URL is given.
+//!
+//! Times are stored as microseconds since the Unix epoch; write transactions start with
+//! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Row, Sqlite, SqlitePool, Transaction,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+
+use super::{
+    AccountRow, Joining, LoginRecord, NewAccount, NewSession, Principal, Store, StoreError,
+    TokenKind, migrator, select_account,
+};
+use crate::domain::{
+    Account, DEFAULT_ORGANIZATION_TITLE, Email, InviteToken, Organization, OrganizationId,
+    TokenHash, UserId,
+};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let options: SqliteConnectOptions = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid sqlite DATABASE_URL: {e}"))?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(acquire_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open sqlite database {url}: {e}"))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+fn from_micros(micros: i64) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp out of range: {micros}").into()))
+}
+
+fn account_row(row: &SqliteRow) -> Result<AccountRow, sqlx::Error> {
+    Ok(AccountRow {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        username: row.try_get("username")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        date_joined: from_micros(row.try_get("date_joined")?)?,
+        organization_id: row.try_get("organization_id")?,
+        organization_title: row.try_get("organization_title")?,
+        organization_created_by: row.try_get("organization_created_by")?,
+    })
+}
+
+fn organization(row: &SqliteRow) -> Result<Organization, sqlx::Error> {
+    Ok(Organization {
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        created_by_user_id: row.try_get("created_by_user_id")?,
+    })
+}
+
+async fn insert_token(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: UserId,
+    token: &TokenHash,
+    kind: TokenKind,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tokens (token_hash, user_id, kind, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(token.as_str())
+    .bind(user)
+    .bind(kind.as_str())
+    .bind(micros(now))
+    .bind(expires_at.map(micros))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator(&[(
+            1,
+            "accounts",
+            include_str!("../../migrations/sqlite/0001_accounts.sql"),
+        )])
+        .run(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn email_exists(&self, email: &Email) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM users WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn organization_by_invite(
+        &self,
+        token: &InviteToken,
+    ) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, title, created_by_user_id FROM organizations WHERE invite_token = $1",
+        )
+        .bind(token.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(organization).transpose()?)
+    }
+
+    async fn create_account(&self, new: NewAccount) -> Result<Account, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existing =
+            match &new.joining {
+                // BEGIN IMMEDIATE already holds the write lock, so no other signup can interleave.
+                Joining::FirstOrganization { .. } => sqlx::query(
+                    "SELECT id, title, created_by_user_id FROM organizations ORDER BY id LIMIT 1",
+                )
+                .fetch_optional(&mut *tx)
+                .await?,
+                Joining::Organization(id) => Some(
+                    sqlx::query(
+                        "SELECT id, title, created_by_user_id FROM organizations WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::OrganizationNotFound)?,
+                ),
+                // Under the write lock no reset can commit between this check and the commit.
+                Joining::Invite(token) => Some(
+                    sqlx::query(
+                        "SELECT id, title, created_by_user_id FROM organizations \
+                     WHERE invite_token = $1",
+                    )
+                    .bind(token.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::InviteNotFound)?,
+                ),
+            };
+        let existing = existing.as_ref().map(organization).transpose()?;
+
+        let user_id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (email, username, first_name, last_name, password_hash, date_joined) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(new.email.as_str())
+        .bind(new.username.as_str())
+        .bind(new.first_name.as_str())
+        .bind(new.last_name.as_str())
+        .bind(new.password_hash.as_deref())
+        .bind(micros(new.now))
+        .fetch_one(&mut *tx)
+        .await?;
+
+        let organization = match (existing, &new.joining) {
+            (Some(organization), _) => organization,
+            (None, Joining::FirstOrganization { invite_token }) => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO organizations (title, created_by_user_id, invite_token, created_at) \
+                     VALUES ($1, $2, $3, $4) RETURNING id",
+                )
+                .bind(DEFAULT_ORGANIZATION_TITLE)
+                .bind(user_id)
+                .bind(invite_token.as_str())
+                .bind(micros(new.now))
+                .fetch_one(&mut *tx)
+                .await?;
+                Organization {
+                    id,
+                    title: DEFAULT_ORGANIZATION_TITLE.to_owned(),
+                    created_by_user_id: Some(user_id),
+                }
+            }
+            (None, _) => return Err(StoreError::OrganizationNotFound),
+        };
+
+        sqlx::query("UPDATE users SET active_organization_id = $1 WHERE id = $2")
+            .bind(organization.id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO memberships (organization_id, user_id, joined_at) VALUES ($1, $2, $3)",
+        )
+        .bind(organization.id)
+        .bind(user_id)
+        .bind(micros(new.now))
+        .execute(&mut *tx)
+        .await?;
+        insert_token(
+            &mut tx,
+            user_id,
+            &new.api_token,
+            TokenKind::Api,
+            new.now,
+            None,
+        )
+        .await?;
+        if let Some(session) = &new.session {
+            insert_token(
+                &mut tx,
+                user_id,
+                &session.token,
+                TokenKind::Session,
+                new.now,
+                Some(session.expires_at),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(super::new_account(user_id, &new, organization))
+    }
+
+    async fn login_record(&self, email: &Email) -> Result<Option<LoginRecord>, StoreError> {
+        let row = sqlx::query(select_account!(
+            ", u.password_hash, u.is_active",
+            "FROM users u",
+            "WHERE u.email = $1"
+        ))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(LoginRecord {
+            account: account_row(&row)?.into(),
+            password_hash: row.try_get("password_hash")?,
+            is_active: row.try_get::<i64, _>("is_active")? != 0,
+        }))
+    }
+
+    async fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset_password(&self, email: &Email, hash: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let user: Option<i64> =
+            sqlx::query_scalar("UPDATE users SET password_hash = $1 WHERE email = $2 RETURNING id")
+                .bind(hash)
+                .bind(email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(user) = user else { return Ok(false) };
+        sqlx::query("DELETE FROM tokens WHERE user_id = $1 AND kind = 'session'")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_session(
+        &self,
+        user: UserId,
+        session: &NewSession,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "DELETE FROM tokens WHERE user_id = $1 AND kind = 'session' AND expires_at <= $2",
+        )
+        .bind(user)
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+        insert_token(
+            &mut tx,
+            user,
+            &session.token,
+            TokenKind::Session,
+            now,
+            Some(session.expires_at),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn principal(
+        &self,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(select_account!(
+            ", t.kind",
+            "FROM tokens t JOIN users u ON u.id = t.user_id",
+            "WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.is_active"
+        ))
+        .bind(token.as_str())
+        .bind(micros(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Principal {
+            account: account_row(&row)?.into(),
+            kind: TokenKind::parse(row.try_get("kind")?)?,
+        }))
+    }
+
+    async fn end_session(&self, token: &TokenHash) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE token_hash = $1 AND kind = 'session'")
+            .bind(token.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn replace_api_token(
+        &self,
+        user: UserId,
+        token: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (token_hash, user_id, kind, created_at) VALUES ($1, $2, 'api', $3) \
+             ON CONFLICT (user_id) WHERE kind = 'api' \
+             DO UPDATE SET token_hash = EXCLUDED.token_hash, created_at = EXCLUDED.created_at",
+        )
+        .bind(token.as_str())
+        .bind(user)
+        .bind(micros(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn invite_token(&self, organization: OrganizationId) -> Result<InviteToken, StoreError> {
+        let token: Option<String> =
+            sqlx::query_scalar("SELECT invite_token FROM organizations WHERE id = $1")
+                .bind(organization)
+                .fetch_optional(&self.pool)
+                .await?;
+        super::stored_invite(token)
+    }
+
+    async fn replace_invite_token(
+        &self,
+        organization: OrganizationId,
+        token: &InviteToken,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE organizations SET invite_token = $1 WHERE id = $2")
+            .bind(token.as_str())
+            .bind(organization)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::OrganizationNotFound);
+        }
+        Ok(())
+    }
+}
