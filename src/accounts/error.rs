@@ -4,7 +4,7 @@ use crate::{domain::ParseError, password::HashError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
-    #[error("{field}: {error}")]
+    #[error("{error}")]
     InvalidField {
         field: &'static str,
         error: ParseError,

@@ -3,7 +3,7 @@
 //! Times are stored as microseconds since the Unix epoch; write transactions start with
 //! `BEGIN IMMEDIATE` so concurrent writers queue on the busy timeout instead of failing.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,6 +26,9 @@ use crate::domain::{
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// A file next to the database that serialises migrations between processes, since
+    /// SQLite has no advisory locks.
+    migration_lock: Option<PathBuf>,
 }
 
 impl SqliteStore {
@@ -43,13 +46,24 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(acquire_timeout);
+        let filename = options.get_filename();
+        let migration_lock = (!filename.as_os_str().is_empty()
+            && filename != std::path::Path::new(":memory:"))
+        .then(|| {
+            let mut lock = filename.as_os_str().to_owned();
+            lock.push(".migrate-lock");
+            PathBuf::from(lock)
+        });
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open sqlite database {url}: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            migration_lock,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -59,6 +73,22 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Takes an exclusive lock on `path`, held until the returned file is dropped.
+async fn lock_file(path: PathBuf) -> Result<std::fs::File, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| StoreError::Unexpected(e.into()))?
+    .map_err(|e: std::io::Error| StoreError::Unexpected(e.into()))
 }
 
 fn micros(time: DateTime<Utc>) -> i64 {
@@ -117,6 +147,10 @@ async fn insert_token(
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
+        let _lock = match &self.migration_lock {
+            Some(path) => Some(lock_file(path.clone()).await?),
+            None => None,
+        };
         migrator(&[(
             1,
             "accounts",

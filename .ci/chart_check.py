@@ -1,0 +1,564 @@
+"""Renders, lints and validates the Helm chart in helm/label-studio-identity.
+
+Run through .ci/chart.sh, which provides the virtualenv. For the default values
+and each file in the chart's ci/ folder it renders the chart with Helm's own
+engine (helm_python), runs `helm lint --strict`, validates every manifest
+against the Kubernetes schemas in strict mode, and asserts what the chart
+promises (probes, secrets, security context, sizing, optional objects). Each
+file in .ci/chart/ must instead fail to render, with the message its
+`# expect:` line names, and fail `helm lint` too when it says `# lint: fails`
+(lint runs templates in lint mode, where `fail` only logs). Ends with
+`chart: N passed, M failed` and exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+CHART = Path("helm/label-studio-identity")
+BROKEN_VALUES = Path(".ci/chart")
+# The newest Kubernetes whose schemas kubernetes-validate ships.
+KUBE_VERSION = "1.37.0"
+RELEASE = "ci"
+NAMESPACE = "identity"
+FULLNAME = f"{RELEASE}-label-studio-identity"
+
+GRPC_PORT = 50051
+METRICS_PORT = 9464
+READY_SERVICE = "labelstudio.identity.v1.IdentityService"
+LIVE_SERVICE = "liveness"
+
+# Environment variable -> key of the `secretKeys` value naming it in the Secret.
+SECRET_ENV = {
+    "DATABASE_URL": "databaseUrl",
+    "LABEL_STUDIO_USERNAME": "username",
+    "LABEL_STUDIO_PASSWORD": "password",
+    "LABEL_STUDIO_USER_TOKEN": "userToken",
+}
+OPTIONAL_SECRET_ENV = {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"}
+
+SECURE_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+SECURE_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+# Fields of a ServiceMonitor this chart may set (monitoring.coreos.com/v1).
+SERVICE_MONITOR_SPEC_FIELDS = {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+SERVICE_MONITOR_ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "scheme"}
+
+DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+
+
+@dataclass
+class Report:
+    passed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, case: str, what: str, ok: bool, detail: Any = "") -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            message = f"FAIL {case}: {what}"
+            if detail != "":
+                message += f" ({detail})"
+            self.failures.append(message)
+            print(message)
+        return ok
+
+
+@dataclass
+class Rendered:
+    files: dict[str, str]
+    objects: list[tuple[str, dict[str, Any]]]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [obj for _, obj in self.objects if obj.get("kind") == kind]
+
+    def file(self, suffix: str) -> str:
+        for name, text in self.files.items():
+            if name.endswith(suffix):
+                return text
+        return ""
+
+
+def parse(files: dict[str, str]) -> Rendered:
+    objects = []
+    for name, text in sorted(files.items()):
+        if name.endswith("NOTES.txt"):
+            continue
+        for document in yaml.safe_load_all(text):
+            if document is not None:
+                objects.append((name, document))
+    return Rendered(files, objects)
+
+
+def dig(obj: Any, *path: str | int, default: Any = None) -> Any:
+    for key in path:
+        if isinstance(obj, dict) and isinstance(key, str) and key in obj:
+            obj = obj[key]
+        elif isinstance(obj, list) and isinstance(key, int) and key < len(obj):
+            obj = obj[key]
+        else:
+            return default
+    return obj
+
+
+@contextlib.contextmanager
+def native_stderr_held_back() -> Iterator[None]:
+    """Keeps the native library's own log lines (on fd 2, e.g. one for each
+    `fail` a template calls in lint mode) out of the report. Helm's errors come
+    back as exceptions anyway; anything else that goes wrong gets them replayed."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except helm.HelmError:
+            raise
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def lint_problems(values: dict[str, Any]) -> list[str]:
+    with native_stderr_held_back():
+        report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    problems = [m["error"].strip() for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    problems += [e.strip() for e in report.get("errors", []) if e.strip() not in problems]
+    return problems
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> dict[str, str]:
+    with native_stderr_held_back():
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def validate_schemas(report: Report, case: str, rendered: Rendered) -> None:
+    for name, obj in rendered.objects:
+        what = (
+            f"{obj.get('kind')}/{dig(obj, 'metadata', 'name')} from {name} matches the Kubernetes {KUBE_VERSION} schema"
+        )
+        if obj.get("kind") == "ServiceMonitor":
+            continue  # a CRD, not in the core schemas: checked by hand below
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+            report.check(case, what, True)
+        except kubernetes_validate.ValidationError as error:
+            path = "/".join(str(p) for p in error.path)
+            report.check(case, what, False, f"{path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            report.check(case, what, False, error.message)
+
+
+def expected_memory_mi(values: dict[str, Any]) -> int:
+    argon2 = values["argon2"]
+    hashing = math.ceil(argon2["memoryKib"] * argon2["maxConcurrent"] / 1024)
+    return hashing + values["sizing"]["memoryBaseMi"]
+
+
+def secret_values(values: dict[str, Any]) -> list[str]:
+    """What must appear in no manifest but the Secret. The bootstrap username
+    (an email) is left out: it may well appear in NOTES' sample call."""
+    candidates = [values["secret"]["databaseUrl"], values["bootstrap"]["password"], values["bootstrap"]["userToken"]]
+    return [v for v in candidates if v]
+
+
+def check_release(report: Report, case: str, values: dict[str, Any], rendered: Rendered) -> None:
+    check = lambda what, ok, detail="": report.check(case, what, ok, detail)
+
+    deployments = rendered.of_kind("Deployment")
+    if not check("exactly one Deployment", len(deployments) == 1, len(deployments)):
+        return
+    deployment = deployments[0]
+    pod = deployment["spec"]["template"]["spec"]
+    containers = pod["containers"]
+    if not check("exactly one container", len(containers) == 1, len(containers)):
+        return
+    container = containers[0]
+    env = container.get("env", [])
+    env_by_name = {e["name"]: e for e in env}
+    secret_name = values["existingSecret"] or FULLNAME
+
+    # Probes: native gRPC, the readiness service for startup/readiness, `liveness` for liveness.
+    for probe, service in (
+        ("startupProbe", READY_SERVICE),
+        ("readinessProbe", READY_SERVICE),
+        ("livenessProbe", LIVE_SERVICE),
+    ):
+        action = container.get(probe, {})
+        check(f"{probe} is a grpc probe", set(action) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, action)
+        check(f"{probe} targets port {GRPC_PORT}", dig(action, "grpc", "port") == GRPC_PORT)
+        check(f"{probe} asks for service {service!r}", dig(action, "grpc", "service") == service, dig(action, "grpc"))
+    startup_budget = dig(container, "startupProbe", "periodSeconds", default=10) * dig(
+        container, "startupProbe", "failureThreshold", default=3
+    )
+    check("startup probe allows about 2 minutes for migrations", startup_budget >= 110, f"{startup_budget}s")
+
+    # Secrets: only through secretKeyRef, never as values anywhere but the Secret.
+    for name, key_value in SECRET_ENV.items():
+        matching = [e for e in env if e["name"] == name]
+        if not check(f"{name} is set exactly once", len(matching) == 1, len(matching)):
+            continue
+        ref = dig(matching[0], "valueFrom", "secretKeyRef")
+        check(f"{name} comes from a secretKeyRef", ref is not None and "value" not in matching[0], matching[0])
+        if ref is None:
+            continue
+        check(f"{name} reads Secret {secret_name}", ref.get("name") == secret_name, ref)
+        check(
+            f"{name} reads key {values['secretKeys'][key_value]}",
+            ref.get("key") == values["secretKeys"][key_value],
+            ref,
+        )
+        optional = ref.get("optional", False)
+        wanted = name in OPTIONAL_SECRET_ENV
+        check(f"{name} secretKeyRef optional is {wanted}", optional is wanted, ref)
+    for secret in secret_values(values):
+        encoded = base64.b64encode(secret.encode()).decode()
+        for name, text in rendered.files.items():
+            if name.endswith("templates/secret.yaml"):
+                continue
+            check(f"no secret value in {name.split('/', 1)[-1]}", secret not in text and encoded not in text)
+    deployment_text = rendered.file("templates/deployment.yaml")
+    for secret in [*secret_values(values), values["bootstrap"]["username"]]:
+        if secret:
+            check("no Secret field's value in the Deployment", secret not in deployment_text)
+
+    secrets = rendered.of_kind("Secret")
+    if values["existingSecret"]:
+        check("existingSecret: the chart creates no Secret", not secrets, [dig(s, "metadata", "name") for s in secrets])
+    elif check("the chart creates exactly one Secret", len(secrets) == 1, len(secrets)):
+        secret = secrets[0]
+        check("the Secret is named as the Deployment reads it", dig(secret, "metadata", "name") == secret_name)
+        data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+        wanted = {values["secretKeys"]["databaseUrl"]: values["secret"]["databaseUrl"]}
+        for field_name, value in values["bootstrap"].items():
+            if value:
+                wanted[values["secretKeys"][field_name]] = value
+        check("the Secret holds the database URL and the bootstrap fields given", data == wanted, sorted(data))
+        check("the Secret uses data, not stringData", "stringData" not in secret)
+
+    # Plain settings.
+    def env_value(name: str) -> Any:
+        return dig(env_by_name, name, "value")
+
+    plain = {
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true" if values["disableSignupWithoutLink"] else "false",
+        "IDENTITY_LOG__FORMAT": values["logFormat"],
+        "IDENTITY_ARGON2__MEMORY_KIB": str(values["argon2"]["memoryKib"]),
+        "IDENTITY_ARGON2__ITERATIONS": str(values["argon2"]["iterations"]),
+        "IDENTITY_ARGON2__PARALLELISM": str(values["argon2"]["parallelism"]),
+        "IDENTITY_ARGON2__MAX_CONCURRENT": str(values["argon2"]["maxConcurrent"]),
+        "IDENTITY_SERVER__SHUTDOWN_GRACE_SECONDS": str(values["shutdownGraceSeconds"]),
+        "IDENTITY_METRICS__PORT": str(METRICS_PORT),
+    }
+    if values["publicUrl"]:
+        plain["LABEL_STUDIO_HOST"] = values["publicUrl"]
+    for name, wanted in plain.items():
+        check(f"{name}={wanted}", env_value(name) == wanted, env_value(name))
+    check(
+        "LABEL_STUDIO_HOST only when publicUrl is set",
+        ("LABEL_STUDIO_HOST" in env_by_name) == bool(values["publicUrl"]),
+    )
+    for extra in values["extraEnv"]:
+        check(f"extraEnv {extra['name']} is passed on", extra in env, extra)
+    check(
+        "terminationGracePeriodSeconds > preStopSleepSeconds + shutdownGraceSeconds",
+        pod["terminationGracePeriodSeconds"] > values["preStopSleepSeconds"] + values["shutdownGraceSeconds"],
+    )
+    pre_stop = dig(container, "lifecycle", "preStop", "sleep", "seconds")
+    check(
+        "preStop sleep only when preStopSleepSeconds > 0",
+        pre_stop == (values["preStopSleepSeconds"] or None),
+        dig(container, "lifecycle"),
+    )
+
+    # Security.
+    pod_security = pod.get("securityContext", {})
+    for key, wanted in SECURE_POD.items():
+        check(f"pod securityContext.{key}={wanted}", pod_security.get(key) == wanted, pod_security.get(key))
+    container_security = container.get("securityContext", {})
+    for key, wanted in SECURE_CONTAINER.items():
+        check(
+            f"container securityContext.{key}={wanted}",
+            container_security.get(key) == wanted,
+            container_security.get(key),
+        )
+    check("pod automountServiceAccountToken is false", pod.get("automountServiceAccountToken") is False)
+    tmp_mounts = [m for m in container.get("volumeMounts", []) if m.get("mountPath") == "/tmp"]
+    tmp_volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    check(
+        "/tmp is an emptyDir",
+        len(tmp_mounts) == 1 and "emptyDir" in tmp_volumes.get(tmp_mounts[0]["name"], {}),
+        pod.get("volumes"),
+    )
+    accounts = rendered.of_kind("ServiceAccount")
+    if values["serviceAccount"]["create"]:
+        if check("one ServiceAccount", len(accounts) == 1, len(accounts)):
+            check(
+                "ServiceAccount automountServiceAccountToken is false",
+                accounts[0].get("automountServiceAccountToken") is False,
+            )
+            check(
+                "the pod runs as that ServiceAccount",
+                pod.get("serviceAccountName") == dig(accounts[0], "metadata", "name"),
+            )
+    else:
+        check("no ServiceAccount when serviceAccount.create is false", not accounts)
+        check(
+            "the pod runs as the named ServiceAccount",
+            pod.get("serviceAccountName") == values["serviceAccount"]["name"],
+        )
+
+    # Resources: computed from the argon2 settings unless given.
+    resources = container.get("resources", {})
+    if values["resources"]:
+        check("resources are the ones given", resources == values["resources"], resources)
+    else:
+        memory = f"{expected_memory_mi(values)}Mi"
+        check(f"memory limit is {memory}", dig(resources, "limits", "memory") == memory, resources)
+        check(f"memory request is {memory}", dig(resources, "requests", "memory") == memory, resources)
+        check(
+            "cpu request is sizing.cpuRequest",
+            dig(resources, "requests", "cpu") == values["sizing"]["cpuRequest"],
+            resources,
+        )
+        check("no cpu limit", "cpu" not in resources.get("limits", {}), resources)
+
+    # Ports and the Service.
+    ports = {p["name"]: p for p in container.get("ports", [])}
+    check("container port grpc is 50051", dig(ports, "grpc", "containerPort") == GRPC_PORT)
+    check("container port metrics is 9464", dig(ports, "metrics", "containerPort") == METRICS_PORT)
+    services = rendered.of_kind("Service")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    check("the pod carries the Deployment's selector labels", selector.items() <= pod_labels.items())
+    if check("exactly one Service", len(services) == 1, len(services)):
+        service = services[0]
+        service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+        grpc = service_ports.get("grpc", {})
+        check(
+            "Service port grpc: 50051, appProtocol grpc",
+            grpc.get("port") == values["service"]["port"] == GRPC_PORT and grpc.get("appProtocol") == "grpc",
+            grpc,
+        )
+        check(
+            "Service port metrics: 9464",
+            dig(service_ports, "metrics", "port") == METRICS_PORT,
+            service_ports.get("metrics"),
+        )
+        check("Service selects the pods", service["spec"]["selector"] == selector, service["spec"]["selector"])
+
+    # Optional objects exist exactly when enabled.
+    hpa = rendered.of_kind("HorizontalPodAutoscaler")
+    pdb = rendered.of_kind("PodDisruptionBudget")
+    monitors = rendered.of_kind("ServiceMonitor")
+    policies = rendered.of_kind("NetworkPolicy")
+    enabled = values["autoscaling"]["enabled"]
+    check(f"HPA {'present' if enabled else 'absent'}", len(hpa) == int(enabled), len(hpa))
+    check("replicas left to the HPA" if enabled else "replicas set", ("replicas" in deployment["spec"]) != enabled)
+    if hpa:
+        check("HPA is autoscaling/v2", hpa[0]["apiVersion"] == "autoscaling/v2")
+        check(
+            "HPA scales the Deployment", dig(hpa[0], "spec", "scaleTargetRef", "name") == deployment["metadata"]["name"]
+        )
+        check(
+            "HPA bounds",
+            (hpa[0]["spec"]["minReplicas"], hpa[0]["spec"]["maxReplicas"])
+            == (values["autoscaling"]["minReplicas"], values["autoscaling"]["maxReplicas"]),
+        )
+    enabled = values["podDisruptionBudget"]["enabled"]
+    check(f"PodDisruptionBudget {'present' if enabled else 'absent'}", len(pdb) == int(enabled), len(pdb))
+    if pdb:
+        check("PDB is policy/v1", pdb[0]["apiVersion"] == "policy/v1")
+        check("PDB selects the pods", dig(pdb[0], "spec", "selector", "matchLabels") == selector)
+        spec = pdb[0]["spec"]
+        check(
+            "PDB sets one of minAvailable/maxUnavailable",
+            len({"minAvailable", "maxUnavailable"} & set(spec)) == 1,
+            spec,
+        )
+        if values["podDisruptionBudget"]["minAvailable"] != "":
+            check(
+                "PDB minAvailable as given", spec.get("minAvailable") == values["podDisruptionBudget"]["minAvailable"]
+            )
+    enabled = values["serviceMonitor"]["enabled"]
+    check(f"ServiceMonitor {'present' if enabled else 'absent'}", len(monitors) == int(enabled), len(monitors))
+    if monitors:
+        check_service_monitor(check, monitors[0], values, services[0] if services else {})
+    enabled = values["networkPolicy"]["enabled"]
+    check(f"NetworkPolicy {'present' if enabled else 'absent'}", len(policies) == int(enabled), len(policies))
+    if policies:
+        policy = policies[0]["spec"]
+        check("NetworkPolicy selects the pods", dig(policy, "podSelector", "matchLabels") == selector)
+        ingress_ports = {p["port"] for rule in policy.get("ingress", []) for p in rule.get("ports", [])}
+        check("NetworkPolicy opens 50051 and 9464", ingress_ports == {GRPC_PORT, METRICS_PORT}, ingress_ports)
+        check("every ingress rule names its sources", all(rule.get("from") for rule in policy.get("ingress", [])))
+        check(
+            "Egress restricted exactly when egress rules are given",
+            ("Egress" in policy["policyTypes"]) == bool(values["networkPolicy"]["egress"]),
+        )
+
+    # helm test pod.
+    tests = [obj for name, obj in rendered.objects if name.endswith("templates/tests/test-probe.yaml")]
+    if check("one helm test pod", len(tests) == 1, len(tests)):
+        test = tests[0]
+        test_container = test["spec"]["containers"][0]
+        check(
+            "test pod has the helm.sh/hook: test annotation",
+            dig(test, "metadata", "annotations", "helm.sh/hook") == "test",
+        )
+        check(
+            "test pod probes the Service",
+            test_container.get("args") == ["probe", "--addr", f"{FULLNAME}:{GRPC_PORT}", "--service", READY_SERVICE],
+            test_container.get("args"),
+        )
+        check("test pod runs the release's image", test_container.get("image") == container.get("image"))
+        check(
+            "test pod is not selected by the Service",
+            not selector.items() <= dig(test, "metadata", "labels", default={}).items(),
+        )
+        check("test pod restartPolicy Never", test["spec"].get("restartPolicy") == "Never")
+        check(
+            "test pod automountServiceAccountToken is false", test["spec"].get("automountServiceAccountToken") is False
+        )
+        for key, wanted in SECURE_POD.items():
+            check(f"test pod securityContext.{key}", dig(test, "spec", "securityContext", key) == wanted)
+        for key, wanted in SECURE_CONTAINER.items():
+            check(f"test container securityContext.{key}", dig(test_container, "securityContext", key) == wanted)
+
+    notes = rendered.file("NOTES.txt")
+    check("NOTES shows the port-forward", f"port-forward svc/{FULLNAME} 50051:50051" in notes)
+    check("NOTES shows grpcurl list", "grpcurl -plaintext localhost:50051 list" in notes)
+    check(
+        "NOTES shows an Authenticate call",
+        '{"password":{"email":' in notes and f"{READY_SERVICE}/Authenticate" in notes,
+    )
+
+
+def check_service_monitor(
+    check: Callable[..., bool], monitor: dict[str, Any], values: dict[str, Any], service: dict[str, Any]
+) -> None:
+    check("ServiceMonitor apiVersion monitoring.coreos.com/v1", monitor.get("apiVersion") == "monitoring.coreos.com/v1")
+    check(
+        "ServiceMonitor has only apiVersion, kind, metadata, spec",
+        set(monitor) == {"apiVersion", "kind", "metadata", "spec"},
+        sorted(monitor),
+    )
+    check("ServiceMonitor is in the release namespace", dig(monitor, "metadata", "namespace") == NAMESPACE)
+    labels = dig(monitor, "metadata", "labels", default={})
+    check(
+        "ServiceMonitor carries serviceMonitor.labels",
+        values["serviceMonitor"]["labels"].items() <= labels.items(),
+        labels,
+    )
+    spec = monitor.get("spec", {})
+    check("ServiceMonitor spec fields are known", set(spec) <= SERVICE_MONITOR_SPEC_FIELDS, sorted(spec))
+    match = dig(spec, "selector", "matchLabels", default={})
+    service_labels = dig(service, "metadata", "labels", default={})
+    check("ServiceMonitor selects the Service", bool(match) and match.items() <= service_labels.items(), match)
+    endpoints = spec.get("endpoints", [])
+    if check("ServiceMonitor has one endpoint", len(endpoints) == 1, endpoints):
+        endpoint = endpoints[0]
+        check(
+            "ServiceMonitor endpoint fields are known",
+            set(endpoint) <= SERVICE_MONITOR_ENDPOINT_FIELDS,
+            sorted(endpoint),
+        )
+        check("ServiceMonitor scrapes port metrics", endpoint.get("port") == "metrics")
+        check("ServiceMonitor scrapes /metrics", endpoint.get("path") == "/metrics")
+        for key in ("interval", "scrapeTimeout"):
+            check(
+                f"ServiceMonitor {key} is a duration",
+                bool(DURATION.match(str(endpoint.get(key, "")))),
+                endpoint.get(key),
+            )
+            check(f"ServiceMonitor {key} as given", endpoint.get(key) == values["serviceMonitor"][key])
+
+
+def run_good_case(report: Report, chart: helm.Chart, case: str, values: dict[str, Any]) -> None:
+    failures_before = len(report.failures)
+    try:
+        rendered = parse(render(chart, values))
+    except helm.HelmError as error:
+        report.check(case, "renders", False, str(error).strip())
+        return
+    report.check(case, "renders", True)
+    problems = lint_problems(values)
+    report.check(case, "helm lint --strict is clean", not problems, "; ".join(problems))
+    validate_schemas(report, case, rendered)
+    check_release(report, case, chart.merge_values(values), rendered)
+    status = "ok  " if len(report.failures) == failures_before else "FAIL"
+    kinds = ", ".join(sorted({obj["kind"] for _, obj in rendered.objects}))
+    print(f"{status} {case}: {kinds}")
+
+
+def run_broken_case(report: Report, chart: helm.Chart, path: Path) -> None:
+    case = str(path)
+    text = path.read_text()
+    expectation = re.search(r"^# expect: (.+)$", text, re.MULTILINE)
+    if not report.check(case, "names the error it expects (# expect: ...)", expectation is not None):
+        return
+    expected = expectation.group(1).strip()
+    values = helm.values_from_yaml(text)
+    try:
+        render(chart, values)
+        report.check(case, "fails to render", False, "it rendered")
+    except helm.HelmError as error:
+        message = str(error)
+        report.check(case, f"fails to render with {expected!r}", expected in message, message.strip())
+    if re.search(r"^# lint: fails$", text, re.MULTILINE):
+        problems = lint_problems(values)
+        report.check(case, f"helm lint reports {expected!r}", any(expected in p for p in problems), "; ".join(problems))
+    print(f"ok   {case}: refused" if all(case not in f for f in report.failures) else f"FAIL {case}")
+
+
+def main() -> int:
+    report = Report()
+    print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBE_VERSION}")
+    with helm.Chart.load(CHART) as chart:
+        # The equivalent of `--set secret.databaseUrl=...` on the command line.
+        default = helm.parse_set_string(
+            "secret.databaseUrl=postgres://identity:ci-only-db-password@postgres:5432/identity"
+        )
+        run_good_case(report, chart, "default values", default)
+        for path in sorted((CHART / "ci").glob("*.yaml")):
+            run_good_case(report, chart, str(path), helm.values_from_yaml(path.read_text()))
+        broken = sorted(BROKEN_VALUES.glob("*.yaml"))
+        report.check("broken values", "there are broken values files to try", bool(broken))
+        for path in broken:
+            run_broken_case(report, chart, path)
+    print(f"chart: {report.passed} passed, {len(report.failures)} failed")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

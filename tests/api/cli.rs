@@ -1,0 +1,405 @@
+//! The binary as operators run it: bootstrap from flags or Label Studio's variables, start-up
+//! errors, `reset-password`, `migrate` and `probe`.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use tonic::Code;
+
+use crate::{
+    helpers::{Backend, TestApp, TestDb, assert_refused},
+    on_both_backends,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_label-studio-identity");
+
+/// A server process on a free port, stopped with SIGTERM when dropped.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The environment a process gets: the test database and cheap hashing, nothing inherited
+/// that could change the outcome.
+fn command(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("IDENTITY_ARGON2__MEMORY_KIB", "64")
+        .env("IDENTITY_ARGON2__ITERATIONS", "1")
+        .env("IDENTITY_METRICS__PORT", "0")
+        .env("RUST_LOG", "info");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn run(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(db, args, env).output().expect("run the binary")
+}
+
+impl ServerProcess {
+    fn start(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut all = vec!["start", "--host", "127.0.0.1", "--port", &port_text];
+        all.extend_from_slice(args);
+        let child = command(db, &all, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn probe(&self) -> bool {
+        Command::new(BIN)
+            .args(["probe", "--addr", &self.addr.to_string(), "--timeout", "1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    async fn wait_serving(&mut self) {
+        let started = Instant::now();
+        while !self.probe() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited early: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not serving in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn client(&self) -> TestApp {
+        TestApp::connect(self.addr).await
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bootstrap_creates_the_account_once_and_leaves_it_as_is(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first_env = [
+        ("LABEL_STUDIO_USERNAME", "Admin@Example.com"),
+        ("LABEL_STUDIO_PASSWORD", "first-password"),
+        ("LABEL_STUDIO_USER_TOKEN", "admin-token-1"),
+    ];
+    let mut first = ServerProcess::start(&db, &[], &first_env);
+    first.wait_serving().await;
+    let client = first.client().await;
+    let admin = client
+        .login("admin@example.com", "first-password")
+        .await
+        .expect("bootstrapped admin");
+    assert_eq!(
+        admin.organization.expect("organization").title,
+        "Label Studio"
+    );
+    assert!(
+        first.terminate().success(),
+        "SIGTERM ends the server with status 0"
+    );
+
+    // The same account again, from flags this time, with another password and token.
+    let mut second = ServerProcess::start(
+        &db,
+        &[
+            "--username",
+            "admin@example.com",
+            "--password",
+            "second-password",
+            "--user-token",
+            "admin-token-2",
+        ],
+        &[],
+    );
+    second.wait_serving().await;
+    let client = second.client().await;
+
+    client
+        .login("admin@example.com", "first-password")
+        .await
+        .expect("left as it is");
+    assert_refused(
+        client.login("admin@example.com", "second-password").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    client
+        .token_login("admin-token-1")
+        .await
+        .expect("first token kept");
+    assert_refused(
+        client.token_login("admin-token-2").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
+async fn two_replicas_bootstrapping_at_once_give_one_account(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let env = [
+        ("LABEL_STUDIO_USERNAME", "admin@example.com"),
+        ("LABEL_STUDIO_PASSWORD", "admin-password"),
+    ];
+
+    let mut replicas = [
+        ServerProcess::start(&db, &[], &env),
+        ServerProcess::start(&db, &[], &env),
+    ];
+    for replica in &mut replicas {
+        replica.wait_serving().await;
+    }
+
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
+    assert_eq!(db.count("SELECT COUNT(*) FROM organizations").await, 1);
+    for replica in &replicas {
+        replica
+            .client()
+            .await
+            .login("admin@example.com", "admin-password")
+            .await
+            .expect("login on each replica");
+    }
+}
+
+async fn bad_bootstrap_input_stops_the_start_with_a_clear_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[
+                ("LABEL_STUDIO_USERNAME", "a@example.com"),
+                ("LABEL_STUDIO_PASSWORD", "long-enough"),
+                ("LABEL_STUDIO_USER_TOKEN", "abcd"),
+            ],
+            "at least 5 characters",
+        ),
+        (
+            &[
+                ("LABEL_STUDIO_USERNAME", "a@example.com"),
+                ("LABEL_STUDIO_PASSWORD", "short"),
+            ],
+            "8 to 128 characters",
+        ),
+        (
+            &[
+                ("LABEL_STUDIO_USERNAME", "not-an-email"),
+                ("LABEL_STUDIO_PASSWORD", "long-enough"),
+            ],
+            "LABEL_STUDIO_USERNAME",
+        ),
+        (
+            &[("LABEL_STUDIO_USERNAME", "a@example.com")],
+            "LABEL_STUDIO_PASSWORD",
+        ),
+        (
+            &[("LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK", "perhaps")],
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK",
+        ),
+    ];
+
+    for (env, expected) in cases {
+        let output = run(&db, &["start", "--port", &free_port().to_string()], env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{env:?} should stop the start");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+    }
+    let short_token = run(
+        &db,
+        &[
+            "start",
+            "--username",
+            "a@example.com",
+            "--password",
+            "long-enough",
+            "--user-token",
+            "abc",
+        ],
+        &[],
+    );
+    assert!(!short_token.status.success());
+    assert!(String::from_utf8_lossy(&short_token.stderr).contains("LABEL_STUDIO_USER_TOKEN"));
+}
+
+async fn bare_username_and_password_variables_are_never_read(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let env = [
+        ("USERNAME", "shell@example.com"),
+        ("PASSWORD", "shell-password"),
+        ("HOST", "shell-host"),
+    ];
+
+    let mut server = ServerProcess::start(&db, &[], &env);
+    server.wait_serving().await;
+
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 0);
+}
+
+async fn reset_password_sets_a_new_password_and_ends_sessions(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start(db.settings()).await;
+    let created = app.sign_up("ann@example.com", "old-password").await;
+
+    let output = run(
+        &db,
+        &[
+            "reset-password",
+            "--username",
+            "Ann@Example.com",
+            "--password",
+            "new-password",
+        ],
+        &[],
+    );
+    let unknown = run(
+        &db,
+        &[
+            "reset-password",
+            "--username",
+            "nobody@example.com",
+            "--password",
+            "new-password",
+        ],
+        &[],
+    );
+    let short = run(
+        &db,
+        &[
+            "reset-password",
+            "--username",
+            "ann@example.com",
+            "--password",
+            "short",
+        ],
+        &[],
+    );
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!unknown.status.success());
+    assert!(!short.status.success());
+    app.login("ann@example.com", "new-password")
+        .await
+        .expect("new password");
+    assert_refused(
+        app.login("ann@example.com", "old-password").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    assert_refused(
+        app.token_login(&created.session_token).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    app.token_login(&created.api_token)
+        .await
+        .expect("the API token is kept");
+}
+
+async fn migrate_prepares_the_database_and_is_repeatable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+
+    let first = run(&db, &["migrate"], &[]);
+    let second = run(&db, &["migrate"], &[]);
+
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(second.status.success());
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn probe_fails_when_nothing_answers() {
+    let output = Command::new(BIN)
+        .args([
+            "probe",
+            "--addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+}
+
+#[tokio::test]
+async fn without_a_database_url_the_server_runs_on_sqlite_in_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["start", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .env_clear()
+        .env("LABEL_STUDIO_BASE_DATA_DIR", dir.path())
+        .env("IDENTITY_METRICS__PORT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let serving = loop {
+        let probe = Command::new(BIN)
+            .args(["probe", "--addr", &addr.to_string(), "--timeout", "1"])
+            .output()
+            .unwrap();
+        if probe.status.success() || started.elapsed() > Duration::from_secs(30) {
+            break probe.status.success();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving);
+    assert!(dir.path().join("identity.sqlite3").exists());
+}
+
+on_both_backends!(
+    bootstrap_creates_the_account_once_and_leaves_it_as_is,
+    two_replicas_bootstrapping_at_once_give_one_account,
+    bad_bootstrap_input_stops_the_start_with_a_clear_message,
+    bare_username_and_password_variables_are_never_read,
+    reset_password_sets_a_new_password_and_ends_sessions,
+    migrate_prepares_the_database_and_is_repeatable,
+);

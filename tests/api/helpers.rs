@@ -1,0 +1,589 @@
+//! Starts the real server on a random port against a fresh database, and talks to it over gRPC.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use label_studio_identity::{
+    config::Settings,
+    grpc::pb::{self, identity_service_client::IdentityServiceClient},
+    startup::Application,
+};
+use rand::{Rng, distr::Alphanumeric};
+use secrecy::SecretString;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic_types::StatusExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed case once on SQLite and once on Postgres.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let name = format!(
+            "lsid_test_{}",
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(12)
+                .map(char::from)
+                .collect::<String>()
+                .to_lowercase()
+        );
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("identity.sqlite3").display());
+                Self {
+                    backend,
+                    url,
+                    name,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let server = postgres_server();
+                let mut admin = PgConnection::connect(&server.admin_url())
+                    .await
+                    .expect("connect to the test Postgres server");
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create test database");
+                Self {
+                    backend,
+                    url: server.database_url(&name),
+                    name,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// Runs one statement directly against the database, for arranging what no RPC can.
+    pub async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Reads one text value directly from the database.
+    pub async fn fetch_string(&self, sql: &str) -> Option<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Counts rows with a `SELECT COUNT(*) …` query.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Settings for a server on this database: random port, cheap argon2.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings::default();
+        settings.server.host = "127.0.0.1".into();
+        settings.server.port = 0;
+        settings.server.shutdown_grace_seconds = 5;
+        settings.database.url = Some(SecretString::from(self.url.clone()));
+        settings.database.max_connections = 8;
+        settings.argon2.memory_kib = 64;
+        settings.argon2.iterations = 1;
+        settings.argon2.parallelism = 1;
+        settings.argon2.max_concurrent = 2;
+        settings.metrics.port = 0;
+        settings
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let admin_url = postgres_server().admin_url();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, so the cleanup gets a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A running server and a client connected to it.
+pub struct TestApp {
+    pub client: IdentityServiceClient<Channel>,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts a server on `db` with the given settings and waits until it is SERVING.
+    pub async fn start(settings: Settings) -> Self {
+        let app = Application::build(settings)
+            .await
+            .expect("build the server");
+        let addr = app.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let mut app = Self::connect(addr).await;
+        app.stop = Some(stop);
+        app.handle = Some(handle);
+        app.wait_until_serving().await;
+        app
+    }
+
+    /// A client of a server running elsewhere (another process).
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the server");
+        Self {
+            client: IdentityServiceClient::new(channel.clone()),
+            channel,
+            stop: None,
+            handle: None,
+        }
+    }
+
+    pub async fn health(&self, service: &str) -> Result<i32, Status> {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+    }
+
+    async fn wait_until_serving(&self) {
+        let started = Instant::now();
+        loop {
+            if self
+                .health(label_studio_identity::grpc::SERVICE_NAME)
+                .await
+                .ok()
+                == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "server did not become SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> pb::CreateUserResponse {
+        self.client
+            .clone()
+            .create_user(sign_up(email, password))
+            .await
+            .unwrap_or_else(|status| panic!("sign up {email}: {status:?}"))
+            .into_inner()
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::AuthenticateResponse, Status> {
+        self.client
+            .clone()
+            .authenticate(login(email, password))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn token_login(&self, token: &str) -> Result<pb::AuthenticateResponse, Status> {
+        self.client
+            .clone()
+            .authenticate(pb::AuthenticateRequest {
+                credentials: Some(pb::authenticate_request::Credentials::Token(
+                    token.to_owned(),
+                )),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn invite_link(&self, credentials: &str) -> Result<pb::InviteLinkResponse, Status> {
+        self.client
+            .clone()
+            .get_invite_link(with_auth(pb::GetInviteLinkRequest {}, credentials))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn reset_invite_link(
+        &self,
+        credentials: &str,
+    ) -> Result<pb::InviteLinkResponse, Status> {
+        self.client
+            .clone()
+            .reset_invite_link(with_auth(pb::ResetInviteLinkRequest {}, credentials))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn register(
+        &self,
+        invite: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::RegisterWithInviteResponse, Status> {
+        self.client
+            .clone()
+            .register_with_invite(pb::RegisterWithInviteRequest {
+                invite: invite.to_owned(),
+                email: email.to_owned(),
+                password: password.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a fresh database and a server on it with the default test settings.
+pub async fn spawn_app(backend: Backend) -> (TestApp, TestDb) {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestApp, TestDb) {
+    let db = TestDb::new(backend).await;
+    let mut settings = db.settings();
+    tweak(&mut settings);
+    (TestApp::start(settings).await, db)
+}
+
+pub fn sign_up(email: &str, password: &str) -> pb::CreateUserRequest {
+    pb::CreateUserRequest {
+        email: email.to_owned(),
+        password: password.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub fn login(email: &str, password: &str) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        credentials: Some(pb::authenticate_request::Credentials::Password(
+            pb::PasswordCredentials {
+                email: email.to_owned(),
+                password: password.to_owned(),
+            },
+        )),
+    }
+}
+
+/// Wraps a message with `authorization` metadata, e.g. `Token abc` or `Bearer xyz`.
+pub fn with_auth<T>(message: T, authorization: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(authorization).expect("ascii metadata"),
+    );
+    request
+}
+
+/// The `google.rpc.ErrorInfo` reason of a status, checking its domain.
+pub fn reason(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("status without ErrorInfo: {status:?}"));
+    assert_eq!(info.domain, "identity.labelstudio");
+    info.reason
+}
+
+/// The fields named by a status's `google.rpc.BadRequest`.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with this code and reason.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: tonic::Code,
+    expected: &str,
+) -> Status {
+    let status = result.expect_err("the call should have been refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected, "{status:?}");
+    status
+}
+
+/// The Postgres server the tests use: the one `DATABASE_URL` names, or else a private cluster
+/// started once for this test process with `initdb` and `pg_ctl`.
+pub struct PostgresServer {
+    base: String,
+}
+
+impl PostgresServer {
+    fn admin_url(&self) -> String {
+        self.database_url("postgres")
+    }
+
+    fn database_url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+}
+
+pub fn postgres_server() -> &'static PostgresServer {
+    static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            // Keep scheme, credentials, host and port; tests choose the database name.
+            let (scheme, rest) = url.split_once("://").expect("DATABASE_URL has a scheme");
+            let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+            PostgresServer {
+                base: format!("{scheme}://{authority}"),
+            }
+        }
+        _ => start_private_cluster(),
+    })
+}
+
+fn postgres_bin(name: &str) -> PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    on_path
+        .or_else(|| {
+            let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+                .filter(|p| p.exists())
+                .collect();
+            versions.sort();
+            versions.pop()
+        })
+        .unwrap_or_else(|| {
+            panic!("{name} not found: install PostgreSQL's server package or set DATABASE_URL")
+        })
+}
+
+/// `initdb` refuses to run as root, so as root the cluster belongs to the `postgres` user.
+fn start_private_cluster() -> PostgresServer {
+    let dir = std::env::temp_dir().join(format!("lsid-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cluster dir");
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        listener.local_addr().expect("port").port()
+    };
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let run = |program: PathBuf, args: &[String]| {
+        let mut command = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let status = command.args(args).status().expect("run a PostgreSQL tool");
+        assert!(status.success(), "PostgreSQL tool failed: {args:?}");
+    };
+    if as_root {
+        let status = Command::new("chown")
+            .args(["postgres:postgres", &dir.display().to_string()])
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+    let data = dir.join("data").display().to_string();
+    run(
+        postgres_bin("initdb"),
+        &[
+            "-D".into(),
+            data.clone(),
+            "-U".into(),
+            "postgres".into(),
+            "--auth=trust".into(),
+            "--no-sync".into(),
+        ],
+    );
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        dir.display()
+    );
+    run(
+        postgres_bin("pg_ctl"),
+        &[
+            "-D".into(),
+            data.clone(),
+            "-o".into(),
+            options,
+            "-l".into(),
+            dir.join("log").display().to_string(),
+            "-w".into(),
+            "start".into(),
+        ],
+    );
+    // Stop the cluster when this test process ends, however it ends.
+    let pg_ctl = postgres_bin("pg_ctl");
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {prefix}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        prefix = if as_root {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        },
+        pg_ctl = pg_ctl.display(),
+        dir = dir.display(),
+    );
+    // The watchdog outlives this process on purpose; nobody waits for it.
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args(["-c", &watchdog])
+        .spawn()
+        .expect("start the cluster watchdog");
+    PostgresServer {
+        base: format!("postgres://postgres@127.0.0.1:{port}"),
+    }
+}
+
+/// Runs futures concurrently on the runtime and collects their outputs in order.
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
+}
