@@ -1,4 +1,5 @@
-//! Command-line interface: `start` (the default), `migrate`, `reset-password` and `probe`.
+//! Command-line interface: `start` (the default), `migrate`, `reset-password`, `probe` and
+//! `import-label-studio`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -33,6 +34,8 @@ pub enum Command {
     ResetPassword(ResetPasswordArgs),
     /// Check a running server's health; exits 0 when it is SERVING.
     Probe(ProbeArgs),
+    /// Import users, API tokens, organizations and invite links from a Label Studio database.
+    ImportLabelStudio(ImportLabelStudioArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -71,6 +74,18 @@ pub struct ResetPasswordArgs {
     pub username: String,
     #[arg(long)]
     pub password: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportLabelStudioArgs {
+    /// Label Studio's database: `sqlite://path/to/label_studio.sqlite3` or `postgres://…`.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// Print the report of what would be imported, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -127,7 +142,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides.password = args.password.clone();
             overrides.user_token = args.user_token.clone();
         }
-        Command::Migrate(data) | Command::ResetPassword(ResetPasswordArgs { data, .. }) => {
+        Command::Migrate(data)
+        | Command::ResetPassword(ResetPasswordArgs { data, .. })
+        | Command::ImportLabelStudio(ImportLabelStudioArgs { data, .. }) => {
             overrides.data_dir = data.data_dir.clone();
         }
         Command::Probe(args) => return probe(args).await,
@@ -157,6 +174,13 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no account has the email {:?}", args.username);
             }
             println!("password reset; the account's sessions have ended");
+        }
+        Command::ImportLabelStudio(args) => {
+            let options = crate::import::Options {
+                from: args.from,
+                dry_run: args.dry_run,
+            };
+            print!("{}", crate::import::run(&settings, &options).await?);
         }
         Command::Probe(_) => unreachable!("handled above"),
     }

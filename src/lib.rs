@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod import;
 pub mod password;
 pub mod startup;
 pub mod store;

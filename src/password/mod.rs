@@ -4,6 +4,8 @@
 //! Past that, or when a caller's deadline would pass while waiting, the work is refused at once
 //! so a flood of logins costs bounded memory and never stalls the async workers.
 
+pub mod django;
+
 use std::{sync::Arc, time::Duration};
 
 use argon2::{
@@ -164,6 +166,12 @@ fn hash_blocking(params: &Params, password: &str) -> Result<String, String> {
 }
 
 fn verify_blocking(current: &Params, stored: &str, password: &str) -> Verdict {
+    // Hashes imported from Label Studio: replaced by argon2id once they match.
+    match django::verify(stored, password) {
+        Some(true) => return Verdict::MatchNeedsRehash,
+        Some(false) => return Verdict::Mismatch,
+        None => {}
+    }
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Verdict::Mismatch;
     };

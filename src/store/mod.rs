@@ -1,6 +1,9 @@
 //! The storage contract and its two backends: Postgres for production, embedded SQLite by
 //! default. Both pass the same test suite; uniqueness is enforced by the database itself.
 
+pub mod import;
+mod import_postgres;
+mod import_sqlite;
 mod postgres;
 mod sqlite;
 

@@ -95,11 +95,18 @@ async fn insert_token(
 impl Store for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         // The migrator holds a Postgres advisory lock, so replicas starting together take turns.
-        migrator(&[(
-            1,
-            "accounts",
-            include_str!("../../migrations/postgres/0001_accounts.sql"),
-        )])
+        migrator(&[
+            (
+                1,
+                "accounts",
+                include_str!("../../migrations/postgres/0001_accounts.sql"),
+            ),
+            (
+                3,
+                "label studio import",
+                include_str!("../../migrations/postgres/0003_label_studio_import.sql"),
+            ),
+        ])
         .run(&self.pool)
         .await?;
         Ok(())

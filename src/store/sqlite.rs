@@ -151,11 +151,18 @@ impl Store for SqliteStore {
             Some(path) => Some(lock_file(path.clone()).await?),
             None => None,
         };
-        migrator(&[(
-            1,
-            "accounts",
-            include_str!("../../migrations/sqlite/0001_accounts.sql"),
-        )])
+        migrator(&[
+            (
+                1,
+                "accounts",
+                include_str!("../../migrations/sqlite/0001_accounts.sql"),
+            ),
+            (
+                3,
+                "label studio import",
+                include_str!("../../migrations/sqlite/0003_label_studio_import.sql"),
+            ),
+        ])
         .run(&self.pool)
         .await?;
         Ok(())

@@ -4,6 +4,7 @@ mod helpers;
 
 mod authenticate;
 mod cli;
+mod import;
 mod invites;
 mod server;
 mod signup;
