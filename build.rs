@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
+        .codec_path("crate::grpc::codec::StrictCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub throttle: ThrottleSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +37,8 @@ pub struct ServerSettings {
     pub max_request_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Gateways (IPs or CIDR blocks) whose `x-forwarded-for` names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +101,38 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
-    /// Port of the Prometheus `/metrics` endpoint (same bind address); 0 turns it off.
+    #[serde(deserialize_with = "deserialize_switch")]
+    pub enabled: bool,
+    /// Port of the Prometheus `/metrics` endpoint on the bind address; 0 picks a free one.
     pub port: u16,
+}
+
+/// Failures allowed before waits begin, per kind of key; waits double from the base delay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleSettings {
+    pub login_failures_per_email: u32,
+    pub login_failures_per_address: u32,
+    pub token_failures_per_address: u32,
+    pub invite_failures_per_address: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_seconds: u64,
+    /// Failures older than this are forgotten.
+    pub window_seconds: u64,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        Self {
+            login_failures_per_email: 5,
+            login_failures_per_address: 50,
+            token_failures_per_address: 50,
+            invite_failures_per_address: 10,
+            base_delay_ms: 1_000,
+            max_delay_seconds: 15 * 60,
+            window_seconds: 24 * 60 * 60,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -119,7 +152,11 @@ impl Default for Settings {
             log: LogSettings {
                 format: LogFormat::Text,
             },
-            metrics: MetricsSettings { port: 9464 },
+            metrics: MetricsSettings {
+                enabled: true,
+                port: 9464,
+            },
+            throttle: ThrottleSettings::default(),
         }
     }
 }
@@ -133,6 +170,7 @@ impl Default for ServerSettings {
             shutdown_grace_seconds: 20,
             max_request_bytes: 64 * 1024,
             max_concurrent_streams: 256,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -252,6 +290,9 @@ impl Settings {
             Environment::with_prefix("IDENTITY")
                 .prefix_separator("_")
                 .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("server.trusted_proxies")
+                .try_parsing(true)
                 .source(Some(identity_vars)),
         );
         for (variable, key) in LABEL_STUDIO_VARIABLES {

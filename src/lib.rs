@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod import;
+pub mod metrics;
 pub mod password;
 pub mod startup;
 pub mod store;

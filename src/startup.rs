@@ -9,21 +9,27 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy},
+    accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
     config::Settings,
-    grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, pb},
+    domain::ThrottleRule,
+    grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, TrustedProxies, pb},
+    metrics::Metrics,
     password::PasswordHasher,
     store::{self, Store, StoreError},
 };
 
 /// How often readiness re-checks the database.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+/// How often expired sessions and stale throttle rows are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// How long one readiness ping may take before the database counts as away.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     accounts: Accounts,
+    trusted_proxies: TrustedProxies,
     settings: Settings,
     bootstrap: Option<BootstrapAccount>,
 }
@@ -44,14 +50,20 @@ impl Application {
                 .as_ref()
                 .map(secrecy::ExposeSecret::expose_secret),
         )?;
+        let trusted_proxies = TrustedProxies::parse(&settings.server.trusted_proxies)?;
         let accounts = build_accounts(&settings).await?;
         let addr = settings.server.bind_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = bind(addr).await?;
+        let metrics_listener = if settings.metrics.enabled {
+            Some(bind(SocketAddr::new(addr.ip(), settings.metrics.port)).await?)
+        } else {
+            None
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             accounts,
+            trusted_proxies,
             settings,
             bootstrap,
         })
@@ -59,6 +71,13 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves. Health reports NOT_SERVING until migrations ran and the
@@ -86,8 +105,11 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let server_settings = &self.settings.server;
+        let metrics = Arc::new(Metrics::new());
         let identity = pb::identity_service_server::IdentityServiceServer::new(IdentityApi::new(
             self.accounts.clone(),
+            metrics.clone(),
+            self.trusted_proxies,
         ))
         .max_decoding_message_size(server_settings.max_request_bytes);
 
@@ -99,6 +121,7 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(16 * 1024)
+            .http2_max_pending_accept_reset_streams(Some(64))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -107,6 +130,15 @@ impl Application {
                 let _ = stopped_signal.wait_for(|stop| *stop).await;
             });
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(server);
+        if let Some(listener) = self.metrics_listener {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics,
+                self.accounts.hasher().clone(),
+                self.accounts.store().clone(),
+                stopped.clone(),
+            ));
+        }
         let mut readiness = tokio::spawn(readiness(
             self.accounts.clone(),
             health.clone(),
@@ -148,14 +180,38 @@ impl Application {
 pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
     let store = store::connect(settings).await?;
     let hasher = PasswordHasher::new(&settings.argon2)?;
+    let throttle = &settings.throttle;
+    let rule = |max_failures| ThrottleRule {
+        max_failures,
+        base_delay: chrono::Duration::milliseconds(saturating_i64(throttle.base_delay_ms)),
+        max_delay: chrono::Duration::seconds(saturating_i64(throttle.max_delay_seconds)),
+        window: chrono::Duration::seconds(saturating_i64(throttle.window_seconds)),
+    };
     let policy = Policy {
         disable_signup_without_link: settings.signup.disable_without_link,
-        session_ttl: chrono::Duration::seconds(
-            i64::try_from(settings.session.ttl_seconds).unwrap_or(i64::MAX / 1_000_000),
-        ),
+        session_ttl: chrono::Duration::seconds(saturating_i64(settings.session.ttl_seconds)),
         public_url: settings.server.public_url().map(str::to_owned),
+        throttle: ThrottlePolicy {
+            login_per_email: rule(throttle.login_failures_per_email),
+            login_per_address: rule(throttle.login_failures_per_address),
+            token_per_address: rule(throttle.token_failures_per_address),
+            invite_per_address: rule(throttle.invite_failures_per_address),
+        },
     };
     Ok(Accounts::new(store, hasher, policy))
+}
+
+/// Seconds and milliseconds from settings, capped where chrono's durations end.
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value)
+        .unwrap_or(i64::MAX)
+        .min(i64::MAX / 1_000_000)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 /// Runs the migrations, retrying while the database is away; other failures are fatal.
@@ -191,7 +247,7 @@ async fn readiness(
     migrate(accounts.store()).await?;
     accounts.mark_ready();
     if let Some(account) = &bootstrap {
-        match accounts.bootstrap(account, crate::accounts::now()).await {
+        match accounts.bootstrap(account).await {
             Ok(Bootstrapped::Created) => tracing::info!("bootstrap account created"),
             Ok(Bootstrapped::AlreadyExists) => {
                 tracing::info!("bootstrap account exists; left as it is");
@@ -200,11 +256,13 @@ async fn readiness(
         }
     }
     let mut serving = None;
+    let mut last_purge: Option<tokio::time::Instant> = None;
     loop {
         let up = matches!(
             tokio::time::timeout(PING_TIMEOUT, accounts.store().ping()).await,
             Ok(Ok(()))
         );
+        accounts.set_database_up(up);
         if serving != Some(up) {
             if up {
                 tracing::info!("database reachable: serving");
@@ -218,6 +276,10 @@ async fn readiness(
             };
             set_readiness(&health, status).await;
             serving = Some(up);
+        }
+        if up && last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
+            last_purge = Some(tokio::time::Instant::now());
+            accounts.purge().await;
         }
         tokio::time::sleep(READINESS_INTERVAL).await;
     }

@@ -34,6 +34,9 @@ pub enum AccountsError {
     SessionRequired,
     #[error("the service is busy; retry shortly")]
     Overloaded,
+    /// Too many recent failures from this client or for this account.
+    #[error("too many failed attempts; retry later")]
+    Throttled { retry_after: std::time::Duration },
     #[error("the service is starting or its database is unavailable")]
     Unavailable(#[source] Option<StoreError>),
     #[error("unexpected error")]
@@ -41,6 +44,28 @@ pub enum AccountsError {
 }
 
 impl AccountsError {
+    /// The stable, machine-readable reason callers and the audit trail see.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidField { error, .. } => error.reason,
+            Self::EmailTaken => "EMAIL_TAKEN",
+            Self::UserTokenTaken => "USER_TOKEN_TAKEN",
+            Self::InvalidCredentials => "INVALID_CREDENTIALS",
+            Self::TokenInvalid => "TOKEN_INVALID",
+            Self::CredentialsMissing => "CREDENTIALS_MISSING",
+            Self::CredentialsMalformed(_) => "CREDENTIALS_MALFORMED",
+            Self::SignupRequiresInvite => "SIGNUP_REQUIRES_INVITE",
+            Self::UserTokenNotAllowed => "USER_TOKEN_NOT_ALLOWED",
+            Self::InviteInvalid => "INVITE_INVALID",
+            Self::NotAMember => "NOT_A_MEMBER",
+            Self::SessionRequired => "SESSION_REQUIRED",
+            Self::Overloaded => "OVERLOADED",
+            Self::Throttled { .. } => "THROTTLED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Unexpected(_) => "INTERNAL",
+        }
+    }
+
     pub fn invalid(field: &'static str) -> impl FnOnce(ParseError) -> Self {
         move |error| Self::InvalidField { field, error }
     }

@@ -3,9 +3,12 @@
 
 mod error;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
@@ -15,11 +18,11 @@ pub use error::AccountsError;
 
 use crate::{
     domain::{
-        Account, ApiToken, Email, InviteToken, Password, PersonName, SessionToken, TokenHash,
-        UserToken, Username,
+        Account, ApiToken, Email, InviteToken, Password, PersonName, SessionToken, ThrottleKey,
+        ThrottleRule, TokenHash, UserToken, Username,
     },
     password::{PasswordHasher, Verdict},
-    store::{Joining, NewAccount, NewSession, Principal, Store, TokenKind},
+    store::{Admission, AuditEvent, Joining, NewAccount, NewSession, Principal, Store, TokenKind},
 };
 
 /// Rules that come from configuration.
@@ -28,6 +31,40 @@ pub struct Policy {
     pub disable_signup_without_link: bool,
     pub session_ttl: Duration,
     pub public_url: Option<String>,
+    pub throttle: ThrottlePolicy,
+}
+
+/// How failures slow down further attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct ThrottlePolicy {
+    /// Failed password logins per email, whether or not an account has it.
+    pub login_per_email: ThrottleRule,
+    /// Failed password logins per client address.
+    pub login_per_address: ThrottleRule,
+    /// Failed token authentications per client address.
+    pub token_per_address: ThrottleRule,
+    /// Failed invite tokens per client address.
+    pub invite_per_address: ThrottleRule,
+}
+
+/// Who is calling and until when: passed into every use case.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub now: DateTime<Utc>,
+    pub deadline: Option<Instant>,
+    /// The client's address (the first hop behind a trusted gateway).
+    pub client: IpAddr,
+}
+
+impl Context {
+    /// A context for work the service does on its own (bootstrap, commands).
+    pub fn internal() -> Self {
+        Self {
+            now: now(),
+            deadline: None,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
 }
 
 /// Credentials a caller presented in request metadata.
@@ -80,6 +117,14 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// The audit record of one security event, also logged as a structured line.
+struct Audit<'a> {
+    event: &'static str,
+    user_id: Option<i64>,
+    email: Option<&'a Email>,
+    outcome: Result<(), &'static str>,
+}
+
 #[derive(Clone)]
 pub struct Accounts {
     store: Arc<dyn Store>,
@@ -87,6 +132,8 @@ pub struct Accounts {
     policy: Arc<Policy>,
     /// False until migrations ran: calls before that are refused as unavailable.
     ready: Arc<AtomicBool>,
+    /// False while the readiness check finds the database away: calls fail fast meanwhile.
+    database_up: Arc<AtomicBool>,
 }
 
 impl Accounts {
@@ -96,6 +143,7 @@ impl Accounts {
             hasher,
             policy: Arc::new(policy),
             ready: Arc::new(AtomicBool::new(false)),
+            database_up: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -111,11 +159,127 @@ impl Accounts {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Told by the readiness check whether the database answers.
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.store(up, Ordering::Release);
+    }
+
     fn ensure_ready(&self) -> Result<(), AccountsError> {
-        if self.ready.load(Ordering::Acquire) {
+        if self.ready.load(Ordering::Acquire) && self.database_up.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(AccountsError::Unavailable(None))
+        }
+    }
+
+    /// Writes a security event to the audit trail and the log. An audit write that fails is
+    /// logged, not fatal: the event itself already happened.
+    async fn audit(&self, ctx: &Context, record: Audit<'_>) {
+        let (outcome, reason) = match record.outcome {
+            Ok(()) => ("success", None),
+            Err(reason) => ("failure", Some(reason)),
+        };
+        let client = ctx.client.to_string();
+        tracing::info!(
+            target: "audit",
+            event = record.event,
+            outcome,
+            reason,
+            user = record.user_id,
+            client = %client,
+            "security event"
+        );
+        let event = AuditEvent {
+            at: ctx.now,
+            event: record.event,
+            outcome,
+            user_id: record.user_id,
+            email: record.email.map(Email::as_str),
+            client: &client,
+            reason,
+        };
+        if let Err(error) = self.store.audit(&event).await {
+            tracing::warn!(%error, event = record.event, "audit write failed");
+        }
+    }
+
+    /// Counts an attempt on the throttle, refusing it while any key is blocked.
+    async fn admit(
+        &self,
+        ctx: &Context,
+        event: &'static str,
+        keys: &[(ThrottleKey, ThrottleRule)],
+        email: Option<&Email>,
+    ) -> Result<(), AccountsError> {
+        match self.store.throttle_admit(keys, ctx.now).await? {
+            Admission::Admitted => Ok(()),
+            Admission::Blocked { until } => Err(self.throttled(ctx, event, email, until).await),
+        }
+    }
+
+    async fn throttled(
+        &self,
+        ctx: &Context,
+        event: &'static str,
+        email: Option<&Email>,
+        until: DateTime<Utc>,
+    ) -> AccountsError {
+        self.audit(
+            ctx,
+            Audit {
+                event,
+                user_id: None,
+                email,
+                outcome: Err("THROTTLED"),
+            },
+        )
+        .await;
+        AccountsError::Throttled {
+            retry_after: (until - ctx.now).to_std().unwrap_or_default(),
+        }
+    }
+
+    fn address_key(&self, scope: &str, ctx: &Context) -> ThrottleKey {
+        ThrottleKey::new(scope, &ctx.client.to_string())
+    }
+
+    /// Looks a token up with the client's token throttle; counts a failure when it is unknown.
+    async fn lookup_token(&self, token: &str, ctx: &Context) -> Result<Principal, AccountsError> {
+        self.ensure_ready()?;
+        let key = self.address_key("token-addr", ctx);
+        let rule = self.policy.throttle.token_per_address;
+        let lookup = if token.is_empty() || token.len() > 512 {
+            None
+        } else {
+            Some(
+                self.store
+                    .principal(&TokenHash::of(token), Some(&key), ctx.now)
+                    .await?,
+            )
+        };
+        match lookup {
+            Some(lookup) if lookup.blocked_until.is_some_and(|until| until > ctx.now) => {
+                let until = lookup.blocked_until.unwrap_or(ctx.now);
+                Err(self.throttled(ctx, "token_auth", None, until).await)
+            }
+            Some(crate::store::TokenLookup {
+                principal: Some(principal),
+                ..
+            }) => Ok(principal),
+            _ => {
+                self.admit(ctx, "token_auth", &[(key, rule)], None).await?;
+                self.audit(
+                    ctx,
+                    Audit {
+                        event: "token_auth",
+                        user_id: None,
+                        email: None,
+                        outcome: Err("TOKEN_INVALID"),
+                    },
+                )
+                .await;
+                Err(AccountsError::TokenInvalid)
+            }
         }
     }
 
@@ -123,16 +287,17 @@ impl Accounts {
     pub async fn caller(
         &self,
         credentials: &Credentials,
-        now: DateTime<Utc>,
+        ctx: &Context,
     ) -> Result<Principal, AccountsError> {
-        self.ensure_ready()?;
         let (token, kind) = match credentials {
             Credentials::ApiToken(token) => (token, TokenKind::Api),
             Credentials::Session(token) => (token, TokenKind::Session),
         };
-        match self.store.principal(&TokenHash::of(token), now).await? {
-            Some(principal) if principal.kind == kind => Ok(principal),
-            _ => Err(AccountsError::TokenInvalid),
+        let principal = self.lookup_token(token, ctx).await?;
+        if principal.kind == kind {
+            Ok(principal)
+        } else {
+            Err(AccountsError::TokenInvalid)
         }
     }
 
@@ -141,8 +306,7 @@ impl Accounts {
         &self,
         caller: Option<&Principal>,
         input: SignUp,
-        now: DateTime<Utc>,
-        deadline: Option<Instant>,
+        ctx: &Context,
     ) -> Result<Created, AccountsError> {
         self.ensure_ready()?;
         let user_token = match (caller, input.user_token.is_empty()) {
@@ -161,19 +325,45 @@ impl Accounts {
             None => Joining::FirstOrganization {
                 invite_token: InviteToken::generate(),
             },
-            Some(principal) => Joining::Organization(
-                principal
-                    .account
-                    .organization
-                    .as_ref()
-                    .ok_or(AccountsError::NotAMember)?
-                    .id,
-            ),
+            Some(principal) => Joining::Organization(member_of(principal)?),
         };
         // Administrators create accounts for someone else: no session is started for them.
         let with_session = caller.is_none();
-        self.create(fields, user_token, joining, with_session, now, deadline)
-            .await
+        let email = fields.email.clone();
+        let created = self
+            .create(fields, user_token, joining, with_session, ctx)
+            .await;
+        let event = if caller.is_some() {
+            "admin_create"
+        } else {
+            "signup"
+        };
+        self.audit_created(ctx, event, &email, &created).await;
+        created
+    }
+
+    async fn audit_created(
+        &self,
+        ctx: &Context,
+        event: &'static str,
+        email: &Email,
+        created: &Result<Created, AccountsError>,
+    ) {
+        let outcome = match created {
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.reason()),
+        };
+        let user_id = created.as_ref().ok().map(|c| c.account.user.id);
+        self.audit(
+            ctx,
+            Audit {
+                event,
+                user_id,
+                email: Some(email),
+                outcome,
+            },
+        )
+        .await;
     }
 
     /// `RegisterWithInvite`: joins the organization whose current invite token this is.
@@ -181,19 +371,34 @@ impl Accounts {
         &self,
         invite: &str,
         input: SignUp,
-        now: DateTime<Utc>,
-        deadline: Option<Instant>,
+        ctx: &Context,
     ) -> Result<Created, AccountsError> {
         self.ensure_ready()?;
         let invite = InviteToken::parse_invite(invite).map_err(AccountsError::invalid("invite"))?;
         let fields = parse_account_fields(&input)?;
+        let key = self.address_key("invite-addr", ctx);
+        if let Some(until) = self.store.throttle_blocked_until(&key, ctx.now).await? {
+            return Err(self
+                .throttled(ctx, "registration", Some(&fields.email), until)
+                .await);
+        }
         // Checked before hashing so a guessed token costs no hashing; checked again inside the
         // transaction so a reset that commits meanwhile still wins.
-        if self.store.organization_by_invite(&invite).await?.is_none() {
-            return Err(AccountsError::InviteInvalid);
+        let email = fields.email.clone();
+        let created = if self.store.organization_by_invite(&invite).await?.is_none() {
+            Err(AccountsError::InviteInvalid)
+        } else {
+            self.create(fields, None, Joining::Invite(invite), true, ctx)
+                .await
+        };
+        if matches!(created, Err(AccountsError::InviteInvalid)) {
+            let rule = self.policy.throttle.invite_per_address;
+            self.admit(ctx, "registration", &[(key, rule)], Some(&email))
+                .await?;
         }
-        self.create(fields, None, Joining::Invite(invite), true, now, deadline)
-            .await
+        self.audit_created(ctx, "registration", &email, &created)
+            .await;
+        created
     }
 
     async fn create(
@@ -202,17 +407,16 @@ impl Accounts {
         user_token: Option<UserToken>,
         joining: Joining,
         with_session: bool,
-        now: DateTime<Utc>,
-        deadline: Option<Instant>,
+        ctx: &Context,
     ) -> Result<Created, AccountsError> {
         if self.store.email_exists(&fields.email).await? {
             return Err(AccountsError::EmailTaken);
         }
-        let password_hash = self.hasher.hash(&fields.password, deadline).await?;
+        let password_hash = self.hasher.hash(&fields.password, ctx.deadline).await?;
         let api_token = user_token.map_or_else(ApiToken::generate, ApiToken::from);
         let session = with_session.then(|| StartedSession {
             token: SessionToken::generate(),
-            expires_at: now + self.policy.session_ttl,
+            expires_at: ctx.now + self.policy.session_ttl,
         });
         let account = self
             .store
@@ -228,7 +432,7 @@ impl Accounts {
                     expires_at: s.expires_at,
                 }),
                 joining,
-                now,
+                now: ctx.now,
             })
             .await?;
         Ok(Created {
@@ -239,32 +443,74 @@ impl Accounts {
     }
 
     /// `Authenticate` with a password: starts a session. Unknown emails, wrong passwords and
-    /// inactive users all spend one hash and fail the same way.
+    /// inactive users all spend one hash and fail the same way. Throttled per email (known or
+    /// not) and per client address before any hashing.
     pub async fn authenticate_password(
         &self,
         email: &str,
         password: &str,
-        now: DateTime<Utc>,
-        deadline: Option<Instant>,
+        ctx: &Context,
     ) -> Result<(Account, StartedSession), AccountsError> {
         self.ensure_ready()?;
+        let throttle = self.policy.throttle;
+        let address = (
+            self.address_key("login-addr", ctx),
+            throttle.login_per_address,
+        );
         // A malformed email or an impossible password can't match any account: refuse it
         // as a failed login, so the answer doesn't tell which input was wrong.
         let (Ok(email), Ok(password)) = (Email::parse(email), Password::parse(password)) else {
+            self.admit(ctx, "login", &[address], None).await?;
+            self.audit(
+                ctx,
+                Audit {
+                    event: "login",
+                    user_id: None,
+                    email: None,
+                    outcome: Err("INVALID_CREDENTIALS"),
+                },
+            )
+            .await;
             return Err(AccountsError::InvalidCredentials);
         };
+        let per_email = (
+            ThrottleKey::new("login-email", email.as_str()),
+            throttle.login_per_email,
+        );
+        self.admit(
+            ctx,
+            "login",
+            &[per_email.clone(), address.clone()],
+            Some(&email),
+        )
+        .await?;
         let record = self.store.login_record(&email).await?;
         let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
-        let verdict = self.hasher.verify(stored, &password, deadline).await?;
+        let verdict = self.hasher.verify(stored, &password, ctx.deadline).await?;
         let record = match (record, verdict) {
             (Some(record), Verdict::Match | Verdict::MatchNeedsRehash) if record.is_active => {
                 record
             }
-            _ => return Err(AccountsError::InvalidCredentials),
+            (record, _) => {
+                self.audit(
+                    ctx,
+                    Audit {
+                        event: "login",
+                        user_id: record.map(|r| r.account.user.id),
+                        email: Some(&email),
+                        outcome: Err("INVALID_CREDENTIALS"),
+                    },
+                )
+                .await;
+                return Err(AccountsError::InvalidCredentials);
+            }
         };
+        self.store
+            .throttle_succeeded(&[per_email.0], &[address])
+            .await?;
         let user = record.account.user.id;
         if verdict == Verdict::MatchNeedsRehash {
-            match self.hasher.hash(&password, deadline).await {
+            match self.hasher.hash(&password, ctx.deadline).await {
                 Ok(hash) => self.store.set_password_hash(user, &hash).await?,
                 // The login itself succeeded; the upgrade waits for the next one.
                 Err(error) => tracing::warn!(user, %error, "password re-hash skipped"),
@@ -272,7 +518,7 @@ impl Accounts {
         }
         let session = StartedSession {
             token: SessionToken::generate(),
-            expires_at: now + self.policy.session_ttl,
+            expires_at: ctx.now + self.policy.session_ttl,
         };
         self.store
             .create_session(
@@ -281,9 +527,19 @@ impl Accounts {
                     token: session.token.hash(),
                     expires_at: session.expires_at,
                 },
-                now,
+                ctx.now,
             )
             .await?;
+        self.audit(
+            ctx,
+            Audit {
+                event: "login",
+                user_id: Some(user),
+                email: Some(&email),
+                outcome: Ok(()),
+            },
+        )
+        .await;
         Ok((record.account, session))
     }
 
@@ -291,17 +547,9 @@ impl Accounts {
     pub async fn authenticate_token(
         &self,
         token: &str,
-        now: DateTime<Utc>,
+        ctx: &Context,
     ) -> Result<Account, AccountsError> {
-        self.ensure_ready()?;
-        if token.is_empty() || token.len() > 512 {
-            return Err(AccountsError::TokenInvalid);
-        }
-        self.store
-            .principal(&TokenHash::of(token), now)
-            .await?
-            .map(|principal| principal.account)
-            .ok_or(AccountsError::TokenInvalid)
+        Ok(self.lookup_token(token, ctx).await?.account)
     }
 
     pub async fn invite_link(&self, caller: &Principal) -> Result<InviteLink, AccountsError> {
@@ -310,12 +558,26 @@ impl Accounts {
         Ok(self.link(token))
     }
 
-    pub async fn reset_invite_link(&self, caller: &Principal) -> Result<InviteLink, AccountsError> {
+    pub async fn reset_invite_link(
+        &self,
+        caller: &Principal,
+        ctx: &Context,
+    ) -> Result<InviteLink, AccountsError> {
         let organization = member_of(caller)?;
         let token = InviteToken::generate();
         self.store
             .replace_invite_token(organization, &token)
             .await?;
+        self.audit(
+            ctx,
+            Audit {
+                event: "invite_reset",
+                user_id: Some(caller.account.user.id),
+                email: None,
+                outcome: Ok(()),
+            },
+        )
+        .await;
         Ok(self.link(token))
     }
 
@@ -327,12 +589,22 @@ impl Accounts {
     pub async fn reset_api_token(
         &self,
         caller: &Principal,
-        now: DateTime<Utc>,
+        ctx: &Context,
     ) -> Result<ApiToken, AccountsError> {
         let token = ApiToken::generate();
         self.store
-            .replace_api_token(caller.account.user.id, &token.hash(), now)
+            .replace_api_token(caller.account.user.id, &token.hash(), ctx.now)
             .await?;
+        self.audit(
+            ctx,
+            Audit {
+                event: "api_token_reset",
+                user_id: Some(caller.account.user.id),
+                email: None,
+                outcome: Ok(()),
+            },
+        )
+        .await;
         Ok(token)
     }
 
@@ -340,13 +612,23 @@ impl Accounts {
     pub async fn logout(
         &self,
         credentials: &Credentials,
-        now: DateTime<Utc>,
+        ctx: &Context,
     ) -> Result<(), AccountsError> {
         let Credentials::Session(token) = credentials else {
             return Err(AccountsError::SessionRequired);
         };
-        self.caller(credentials, now).await?;
+        let caller = self.caller(credentials, ctx).await?;
         self.store.end_session(&TokenHash::of(token)).await?;
+        self.audit(
+            ctx,
+            Audit {
+                event: "logout",
+                user_id: Some(caller.account.user.id),
+                email: None,
+                outcome: Ok(()),
+            },
+        )
+        .await;
         Ok(())
     }
 
@@ -354,7 +636,6 @@ impl Accounts {
     pub async fn bootstrap(
         &self,
         account: &BootstrapAccount,
-        now: DateTime<Utc>,
     ) -> Result<Bootstrapped, AccountsError> {
         self.ensure_ready()?;
         if self.store.email_exists(&account.email).await? {
@@ -373,21 +654,39 @@ impl Accounts {
         let joining = Joining::FirstOrganization {
             invite_token: InviteToken::generate(),
         };
-        match self
-            .create(
-                fields,
-                account.user_token.clone(),
-                joining,
-                false,
-                now,
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(Bootstrapped::Created),
+        let ctx = Context::internal();
+        let created = self
+            .create(fields, account.user_token.clone(), joining, false, &ctx)
+            .await;
+        match created {
+            Ok(_) => {
+                self.audit_created(&ctx, "bootstrap", &account.email, &created)
+                    .await;
+                Ok(Bootstrapped::Created)
+            }
             // Another replica bootstrapped the same account a moment earlier.
             Err(AccountsError::EmailTaken) => Ok(Bootstrapped::AlreadyExists),
             Err(other) => Err(other),
+        }
+    }
+
+    /// Deletes expired sessions and throttle rows older than the longest throttle window.
+    pub async fn purge(&self) {
+        let throttle = self.policy.throttle;
+        let window = [
+            throttle.login_per_email,
+            throttle.login_per_address,
+            throttle.token_per_address,
+            throttle.invite_per_address,
+        ]
+        .iter()
+        .map(|rule| rule.window)
+        .max()
+        .unwrap_or_default();
+        let now = now();
+        match self.store.purge(now, now - window).await {
+            Ok(rows) => tracing::debug!(rows, "purged expired sessions and stale throttle rows"),
+            Err(error) => tracing::warn!(%error, "purge failed"),
         }
     }
 
@@ -397,7 +696,22 @@ impl Accounts {
         let email = Email::parse(email).map_err(AccountsError::invalid("username"))?;
         let password = Password::parse(password).map_err(AccountsError::invalid("password"))?;
         let hash = self.hasher.hash(&password, None).await?;
-        Ok(self.store.reset_password(&email, &hash).await?)
+        let found = self.store.reset_password(&email, &hash).await?;
+        self.audit(
+            &Context::internal(),
+            Audit {
+                event: "password_reset",
+                user_id: None,
+                email: Some(&email),
+                outcome: if found {
+                    Ok(())
+                } else {
+                    Err("NO_SUCH_ACCOUNT")
+                },
+            },
+        )
+        .await;
+        Ok(found)
     }
 }
 

@@ -4,6 +4,7 @@
 mod email;
 mod names;
 mod password;
+mod throttle;
 mod tokens;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use chrono::{DateTime, Utc};
 pub use email::Email;
 pub use names::{PersonName, Username};
 pub use password::Password;
+pub use throttle::{ThrottleKey, ThrottleRule};
 pub use tokens::{ApiToken, InviteToken, SessionToken, TokenHash, UserToken};
 
 /// Why an input was refused: a stable machine-readable reason and a human sentence.

@@ -1,10 +1,12 @@
 //! The gRPC transport: generated types, the service implementation, caller metadata and the one
 //! mapping from errors to `tonic::Status`.
 
+pub mod codec;
 mod metadata;
 mod service;
 mod status;
 
+pub use metadata::TrustedProxies;
 pub use service::IdentityApi;
 
 /// Types generated from `proto/labelstudio/identity/v1/identity.proto`.

@@ -1,34 +1,59 @@
 //! `labelstudio.identity.v1.IdentityService`: turns requests into account use cases and their
 //! results into responses.
 
+use std::{future::Future, sync::Arc, time::Instant};
+
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::{
-    metadata::{credentials, deadline},
+    metadata::{TrustedProxies, credentials, deadline},
     pb::{self, identity_service_server::IdentityService},
+    status,
 };
 use crate::{
-    accounts::{self, Accounts, AccountsError, Created, InviteLink, SignUp},
-    domain::{Account, Organization, User},
+    accounts::{self, Accounts, AccountsError, Context, Created, InviteLink, SignUp},
+    domain::{Account, Organization, ParseError, User},
+    metrics::Metrics,
     store::Principal,
 };
 
 #[derive(Clone)]
 pub struct IdentityApi {
     accounts: Accounts,
+    metrics: Arc<Metrics>,
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl IdentityApi {
-    pub fn new(accounts: Accounts) -> Self {
-        Self { accounts }
+    pub fn new(accounts: Accounts, metrics: Arc<Metrics>, trusted_proxies: TrustedProxies) -> Self {
+        Self {
+            accounts,
+            metrics,
+            trusted_proxies: Arc::new(trusted_proxies),
+        }
+    }
+
+    /// The time, deadline and client address of a request.
+    fn context<T>(&self, request: &Request<T>) -> Context {
+        Context {
+            now: accounts::now(),
+            deadline: deadline(request.metadata()),
+            client: self
+                .trusted_proxies
+                .client(request.remote_addr(), request.metadata()),
+        }
     }
 
     /// The caller behind the request's credentials; refused when there are none.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, AccountsError> {
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        ctx: &Context,
+    ) -> Result<Principal, AccountsError> {
         let credentials =
             credentials(request.metadata())?.ok_or(AccountsError::CredentialsMissing)?;
-        self.accounts.caller(&credentials, accounts::now()).await
+        self.accounts.caller(&credentials, ctx).await
     }
 }
 
@@ -121,44 +146,76 @@ impl From<InviteLink> for pb::InviteLinkResponse {
     }
 }
 
+/// Runs one call, records its outcome in the metrics and maps its error to a status.
+async fn observed<T>(
+    metrics: &Metrics,
+    method: &'static str,
+    call: impl Future<Output = Result<T, AccountsError>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let outcome = call.await;
+    let code = match &outcome {
+        Ok(_) => tonic::Code::Ok,
+        Err(error) => {
+            let code = status::code(error);
+            if matches!(
+                error,
+                AccountsError::InvalidCredentials
+                    | AccountsError::TokenInvalid
+                    | AccountsError::CredentialsMissing
+                    | AccountsError::CredentialsMalformed(_)
+                    | AccountsError::InviteInvalid
+                    | AccountsError::Throttled { .. }
+            ) {
+                metrics.auth_failure(error.reason());
+            }
+            code
+        }
+    };
+    metrics.observe(method, code, started.elapsed());
+    outcome.map(Response::new).map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
     async fn create_user(
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let now = accounts::now();
-        let deadline = deadline(request.metadata());
-        let caller = match credentials(request.metadata())? {
-            Some(credentials) => Some(self.accounts.caller(&credentials, now).await?),
-            None => None,
-        };
-        let pb::CreateUserRequest {
-            email,
-            password,
-            first_name,
-            last_name,
-            username,
-            user_token,
-        } = request.into_inner();
-        let input = SignUp {
-            email,
-            password,
-            first_name,
-            last_name,
-            username,
-            user_token,
-        };
-        let created = self
-            .accounts
-            .create_user(caller.as_ref(), input, now, deadline)
-            .await?;
-        tracing::info!(
-            user = created.account.user.id,
-            by = caller.map(|c| c.account.user.id),
-            "account created"
-        );
-        Ok(Response::new(created.into()))
+        observed(&self.metrics, "CreateUser", async {
+            let ctx = self.context(&request);
+            let caller = match credentials(request.metadata())? {
+                Some(credentials) => Some(self.accounts.caller(&credentials, &ctx).await?),
+                None => None,
+            };
+            let pb::CreateUserRequest {
+                email,
+                password,
+                first_name,
+                last_name,
+                username,
+                user_token,
+            } = request.into_inner();
+            let input = SignUp {
+                email,
+                password,
+                first_name,
+                last_name,
+                username,
+                user_token,
+            };
+            let created = self
+                .accounts
+                .create_user(caller.as_ref(), input, &ctx)
+                .await?;
+            tracing::info!(
+                user = created.account.user.id,
+                by = caller.map(|c| c.account.user.id),
+                "account created"
+            );
+            Ok(created.into())
+        })
+        .await
     }
 
     async fn authenticate(
@@ -166,117 +223,131 @@ impl IdentityService for IdentityApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         use pb::authenticate_request::Credentials as Given;
-        let now = accounts::now();
-        let deadline = deadline(request.metadata());
-        let response = match request.into_inner().credentials {
-            Some(Given::Password(pb::PasswordCredentials { email, password })) => {
-                let (account, session) = self
-                    .accounts
-                    .authenticate_password(&email, &password, now, deadline)
-                    .await?;
-                let (user, organization) = account_parts(&account);
-                pb::AuthenticateResponse {
-                    user,
-                    organization,
-                    session_token: session.token.expose().to_owned(),
-                    session_expires_at: Some(timestamp(session.expires_at)),
+        observed(&self.metrics, "Authenticate", async {
+            let ctx = self.context(&request);
+            match request.into_inner().credentials {
+                Some(Given::Password(pb::PasswordCredentials { email, password })) => {
+                    let (account, session) = self
+                        .accounts
+                        .authenticate_password(&email, &password, &ctx)
+                        .await?;
+                    let (user, organization) = account_parts(&account);
+                    Ok(pb::AuthenticateResponse {
+                        user,
+                        organization,
+                        session_token: session.token.expose().to_owned(),
+                        session_expires_at: Some(timestamp(session.expires_at)),
+                    })
                 }
-            }
-            Some(Given::Token(token)) => {
-                let account = self.accounts.authenticate_token(&token, now).await?;
-                let (user, organization) = account_parts(&account);
-                pb::AuthenticateResponse {
-                    user,
-                    organization,
-                    session_token: String::new(),
-                    session_expires_at: None,
+                Some(Given::Token(token)) => {
+                    let account = self.accounts.authenticate_token(&token, &ctx).await?;
+                    let (user, organization) = account_parts(&account);
+                    Ok(pb::AuthenticateResponse {
+                        user,
+                        organization,
+                        session_token: String::new(),
+                        session_expires_at: None,
+                    })
                 }
-            }
-            None => {
-                return Err(AccountsError::InvalidField {
+                None => Err(AccountsError::InvalidField {
                     field: "credentials",
-                    error: crate::domain::ParseError {
+                    error: ParseError {
                         reason: "CREDENTIALS_REQUIRED",
                         message: "set either password or token".into(),
                     },
-                }
-                .into());
+                }),
             }
-        };
-        Ok(Response::new(response))
+        })
+        .await
     }
 
     async fn get_invite_link(
         &self,
         request: Request<pb::GetInviteLinkRequest>,
     ) -> Result<Response<pb::InviteLinkResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let link = self.accounts.invite_link(&caller).await?;
-        Ok(Response::new(link.into()))
+        observed(&self.metrics, "GetInviteLink", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            Ok(self.accounts.invite_link(&caller).await?.into())
+        })
+        .await
     }
 
     async fn reset_invite_link(
         &self,
         request: Request<pb::ResetInviteLinkRequest>,
     ) -> Result<Response<pb::InviteLinkResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let link = self.accounts.reset_invite_link(&caller).await?;
-        tracing::info!(user = caller.account.user.id, "invite link reset");
-        Ok(Response::new(link.into()))
+        observed(&self.metrics, "ResetInviteLink", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let link = self.accounts.reset_invite_link(&caller, &ctx).await?;
+            tracing::info!(user = caller.account.user.id, "invite link reset");
+            Ok(link.into())
+        })
+        .await
     }
 
     async fn register_with_invite(
         &self,
         request: Request<pb::RegisterWithInviteRequest>,
     ) -> Result<Response<pb::RegisterWithInviteResponse>, Status> {
-        let deadline = deadline(request.metadata());
-        let pb::RegisterWithInviteRequest {
-            invite,
-            email,
-            password,
-            first_name,
-            last_name,
-        } = request.into_inner();
-        let input = SignUp {
-            email,
-            password,
-            first_name,
-            last_name,
-            ..SignUp::default()
-        };
-        let created = self
-            .accounts
-            .register_with_invite(&invite, input, accounts::now(), deadline)
-            .await?;
-        tracing::info!(
-            user = created.account.user.id,
-            "account registered through invite"
-        );
-        Ok(Response::new(created.into()))
+        observed(&self.metrics, "RegisterWithInvite", async {
+            let ctx = self.context(&request);
+            let pb::RegisterWithInviteRequest {
+                invite,
+                email,
+                password,
+                first_name,
+                last_name,
+            } = request.into_inner();
+            let input = SignUp {
+                email,
+                password,
+                first_name,
+                last_name,
+                ..SignUp::default()
+            };
+            let created = self
+                .accounts
+                .register_with_invite(&invite, input, &ctx)
+                .await?;
+            tracing::info!(
+                user = created.account.user.id,
+                "account registered through invite"
+            );
+            Ok(created.into())
+        })
+        .await
     }
 
     async fn reset_api_token(
         &self,
         request: Request<pb::ResetApiTokenRequest>,
     ) -> Result<Response<pb::ResetApiTokenResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let token = self
-            .accounts
-            .reset_api_token(&caller, accounts::now())
-            .await?;
-        tracing::info!(user = caller.account.user.id, "api token reset");
-        Ok(Response::new(pb::ResetApiTokenResponse {
-            api_token: token.expose().to_owned(),
-        }))
+        observed(&self.metrics, "ResetApiToken", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let token = self.accounts.reset_api_token(&caller, &ctx).await?;
+            tracing::info!(user = caller.account.user.id, "api token reset");
+            Ok(pb::ResetApiTokenResponse {
+                api_token: token.expose().to_owned(),
+            })
+        })
+        .await
     }
 
     async fn logout(
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let credentials =
-            credentials(request.metadata())?.ok_or(AccountsError::CredentialsMissing)?;
-        self.accounts.logout(&credentials, accounts::now()).await?;
-        Ok(Response::new(pb::LogoutResponse {}))
+        observed(&self.metrics, "Logout", async {
+            let credentials =
+                credentials(request.metadata())?.ok_or(AccountsError::CredentialsMissing)?;
+            self.accounts
+                .logout(&credentials, &self.context(&request))
+                .await?;
+            Ok(pb::LogoutResponse {})
+        })
+        .await
     }
 }

@@ -10,50 +10,64 @@ use crate::accounts::AccountsError;
 
 pub const ERROR_DOMAIN: &str = "identity.labelstudio";
 
+/// The gRPC code of an error.
+pub fn code(error: &AccountsError) -> Code {
+    use AccountsError as E;
+    match error {
+        E::InvalidField { .. } => Code::InvalidArgument,
+        E::EmailTaken | E::UserTokenTaken => Code::AlreadyExists,
+        E::InvalidCredentials
+        | E::TokenInvalid
+        | E::CredentialsMissing
+        | E::CredentialsMalformed(_) => Code::Unauthenticated,
+        E::SignupRequiresInvite | E::UserTokenNotAllowed | E::InviteInvalid | E::NotAMember => {
+            Code::PermissionDenied
+        }
+        E::SessionRequired => Code::FailedPrecondition,
+        E::Overloaded | E::Throttled { .. } => Code::ResourceExhausted,
+        E::Unavailable(_) => Code::Unavailable,
+        E::Unexpected(_) => Code::Internal,
+    }
+}
+
 impl From<AccountsError> for Status {
     fn from(error: AccountsError) -> Self {
-        use AccountsError as E;
-        let message = error.to_string();
-        let (code, reason) = match &error {
-            E::InvalidField {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
+        match &error {
+            AccountsError::InvalidField {
                 field,
                 error: cause,
             } => {
-                let mut details = ErrorDetails::new();
-                details.set_error_info(cause.reason, ERROR_DOMAIN, HashMap::new());
                 details.add_bad_request_violation(*field, cause.message.clone());
-                return Status::with_error_details(Code::InvalidArgument, message, details);
             }
-            E::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
-            E::UserTokenTaken => (Code::AlreadyExists, "USER_TOKEN_TAKEN"),
-            E::InvalidCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
-            E::TokenInvalid => (Code::Unauthenticated, "TOKEN_INVALID"),
-            E::CredentialsMissing => (Code::Unauthenticated, "CREDENTIALS_MISSING"),
-            E::CredentialsMalformed(_) => (Code::Unauthenticated, "CREDENTIALS_MALFORMED"),
-            E::SignupRequiresInvite => (Code::PermissionDenied, "SIGNUP_REQUIRES_INVITE"),
-            E::UserTokenNotAllowed => (Code::PermissionDenied, "USER_TOKEN_NOT_ALLOWED"),
-            E::InviteInvalid => (Code::PermissionDenied, "INVITE_INVALID"),
-            E::NotAMember => (Code::PermissionDenied, "NOT_A_MEMBER"),
-            E::SessionRequired => (Code::FailedPrecondition, "SESSION_REQUIRED"),
-            E::Overloaded => {
-                let mut details = ErrorDetails::new();
-                details.set_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new());
+            AccountsError::Overloaded => {
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-                return Status::with_error_details(Code::ResourceExhausted, message, details);
             }
-            E::Unavailable(cause) => {
-                if let Some(cause) = cause {
-                    tracing::warn!(error = ?cause, "database unavailable");
-                }
-                (Code::Unavailable, "UNAVAILABLE")
+            AccountsError::Throttled { retry_after } => {
+                // Whole seconds, rounded up, so a client never retries too early.
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                details.set_retry_info(Some(std::time::Duration::from_secs(seconds.max(1))));
             }
-            E::Unexpected(cause) => {
+            AccountsError::Unavailable(Some(cause)) => {
+                tracing::warn!(error = ?cause, "database unavailable");
+            }
+            AccountsError::Unexpected(cause) => {
                 tracing::error!(error = ?cause, "unexpected error");
-                (Code::Internal, "INTERNAL")
             }
-        };
-        let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-        Status::with_error_details(code, message, details)
+            _ => {}
+        }
+        Status::with_error_details(code(&error), error.to_string(), details)
     }
+}
+
+/// A request whose bytes are not a valid message of its type.
+pub fn malformed_request() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("MALFORMED_REQUEST", ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        "the request is not a valid protobuf message of its type",
+        details,
+    )
 }

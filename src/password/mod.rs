@@ -5,13 +5,17 @@
 //! so a flood of logins costs bounded memory and never stalls the async workers.
 
 pub mod django;
+mod memory;
 
-use std::{sync::Arc, time::Duration};
-
-use argon2::{
-    Algorithm, Argon2, Params, Version,
-    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
+
+use argon2::{Params, Version, password_hash::phc::PasswordHash};
 use tokio::{sync::Semaphore, time::Instant};
 
 use crate::{config::Argon2Settings, domain::Password};
@@ -40,6 +44,14 @@ pub enum Verdict {
     MatchNeedsRehash,
 }
 
+/// The hashing pool's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashLoad {
+    pub running: usize,
+    pub waiting: usize,
+    pub computed: u64,
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
@@ -47,10 +59,16 @@ pub struct PasswordHasher {
 
 struct Inner {
     params: Params,
+    /// argon2 working memory, kept between hashes so resident memory stays bounded.
+    memory: memory::Memory,
     running: Semaphore,
     admitted: Semaphore,
     max_concurrent: usize,
     max_waiting: usize,
+    /// Hashes computed so far, for metrics.
+    computed: AtomicU64,
+    /// Running average of one hash's duration, to refuse work that can't meet its deadline.
+    average_nanos: AtomicU64,
     /// A hash of a random password with the current parameters: unknown emails are verified
     /// against it so they spend the same work as known ones.
     dummy_hash: String,
@@ -66,18 +84,20 @@ impl PasswordHasher {
         )
         .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
         let max_concurrent = settings.max_concurrent.max(1);
-        let dummy_hash = hash_blocking(
-            &params,
-            &crate::domain::SessionToken::generate().expose()[..32],
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        let memory = memory::Memory::new(params.clone());
+        let dummy_hash = memory
+            .hash(&crate::domain::SessionToken::generate().expose()[..32])
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 params,
+                memory,
                 running: Semaphore::new(max_concurrent),
                 admitted: Semaphore::new(max_concurrent + settings.max_waiting),
                 max_concurrent,
                 max_waiting: settings.max_waiting,
+                computed: AtomicU64::new(0),
+                average_nanos: AtomicU64::new(0),
                 dummy_hash,
             }),
         })
@@ -89,10 +109,13 @@ impl PasswordHasher {
         password: &Password,
         deadline: Option<Instant>,
     ) -> Result<String, HashError> {
-        let params = self.inner.params.clone();
+        let inner = self.inner.clone();
         let password = password.clone();
         self.run(deadline, move || {
-            hash_blocking(&params, password.expose()).map_err(HashError::Unexpected)
+            inner
+                .memory
+                .hash(password.expose())
+                .map_err(HashError::Unexpected)
         })
         .await
     }
@@ -107,23 +130,32 @@ impl PasswordHasher {
     ) -> Result<Verdict, HashError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or(&self.inner.dummy_hash).to_owned();
-        let current = self.inner.params.clone();
+        let inner = self.inner.clone();
         let password = password.clone();
         let verdict = self
             .run(deadline, move || {
-                Ok(verify_blocking(&current, &stored, password.expose()))
+                Ok(verify_blocking(
+                    &inner.memory,
+                    &inner.params,
+                    &stored,
+                    password.expose(),
+                ))
             })
             .await?;
         Ok(if known { verdict } else { Verdict::Mismatch })
     }
 
-    /// Hashes currently running and waiting, for metrics.
-    pub fn load(&self) -> (usize, usize) {
+    /// Hashes running and waiting right now, and computed so far, for metrics.
+    pub fn load(&self) -> HashLoad {
         let inner = &self.inner;
         let running = inner.max_concurrent - inner.running.available_permits();
         let admitted =
             inner.max_concurrent + inner.max_waiting - inner.admitted.available_permits();
-        (running, admitted.saturating_sub(running))
+        HashLoad {
+            running,
+            waiting: admitted.saturating_sub(running),
+            computed: inner.computed.load(Ordering::Relaxed),
+        }
     }
 
     async fn run<T, F>(&self, deadline: Option<Instant>, work: F) -> Result<T, HashError>
@@ -136,36 +168,84 @@ impl PasswordHasher {
             .admitted
             .try_acquire()
             .map_err(|_| HashError::Overloaded)?;
+        if let Some(deadline) = deadline {
+            // Refuse at once when the expected wait plus the hash would overrun the deadline.
+            let inner = &self.inner;
+            let queued = (inner.max_concurrent + inner.max_waiting
+                - inner.admitted.available_permits()) as u32;
+            let rounds = queued.div_ceil(inner.max_concurrent as u32).max(1);
+            let expected =
+                Duration::from_nanos(inner.average_nanos.load(Ordering::Relaxed)) * rounds;
+            if Instant::now() + expected > deadline {
+                return Err(HashError::Overloaded);
+            }
+        }
         let acquire = self.inner.running.acquire();
         let _running = match deadline {
-            // Leave room for the hash itself: waiting until the very deadline helps nobody.
-            Some(deadline) => {
-                tokio::time::timeout_at(deadline - Duration::from_millis(50), acquire)
-                    .await
-                    .map_err(|_| HashError::Overloaded)?
-            }
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                .await
+                .map_err(|_| HashError::Overloaded)?,
             None => acquire.await,
         }
         .map_err(|_| HashError::Overloaded)?;
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(|e| HashError::Unexpected(e.to_string()))?
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            lower_thread_priority();
+            let started = std::time::Instant::now();
+            let outcome = span.in_scope(work);
+            inner.record(started.elapsed());
+            outcome
+        })
+        .await
+        .map_err(|e| HashError::Unexpected(e.to_string()))?
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+impl Inner {
+    /// Counts a finished hash and folds its duration into the running average (1/8 weight).
+    fn record(&self, took: Duration) {
+        self.computed.fetch_add(1, Ordering::Relaxed);
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .average_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(if average == 0 {
+                    took
+                } else {
+                    average - average / 8 + took / 8
+                })
+            });
+    }
 }
 
-fn hash_blocking(params: &Params, password: &str) -> Result<String, String> {
-    argon2(params)
-        .hash_password(password.as_bytes())
-        .map(|hash| hash.to_string())
-        .map_err(|e| e.to_string())
+/// Runs hashing threads at a lower CPU priority, so that under a flood of logins the async
+/// workers (token checks, health, invite links) still get the cores when they need them.
+fn lower_thread_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|lowered| {
+        if !lowered.replace(true) {
+            #[cfg(target_os = "linux")]
+            // SAFETY: plain system calls on the current thread with valid arguments; a failure
+            // only leaves the priority as it was.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid);
+                if let Ok(tid) = libc::id_t::try_from(tid) {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+                }
+            }
+        }
+    });
 }
 
-fn verify_blocking(current: &Params, stored: &str, password: &str) -> Verdict {
+fn verify_blocking(
+    memory: &memory::Memory,
+    current: &Params,
+    stored: &str,
+    password: &str,
+) -> Verdict {
     // Hashes imported from Label Studio: replaced by argon2id once they match.
     match django::verify(stored, password) {
         Some(true) => return Verdict::MatchNeedsRehash,
@@ -184,10 +264,7 @@ fn verify_blocking(current: &Params, stored: &str, password: &str) -> Verdict {
     {
         return Verdict::Mismatch;
     }
-    if argon2(current)
-        .verify_password(password.as_bytes(), &parsed)
-        .is_err()
-    {
+    if !memory.verify(&parsed, password) {
         return Verdict::Mismatch;
     }
     let same = parsed.algorithm.as_str() == "argon2id"

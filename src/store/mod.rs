@@ -16,8 +16,8 @@ use secrecy::ExposeSecret;
 use crate::{
     config::Settings,
     domain::{
-        Account, Email, InviteToken, Organization, OrganizationId, PersonName, TokenHash, User,
-        UserId, Username,
+        Account, Email, InviteToken, Organization, OrganizationId, PersonName, ThrottleKey,
+        ThrottleRule, TokenHash, User, UserId, Username,
     },
 };
 
@@ -142,6 +142,81 @@ impl TokenKind {
     }
 }
 
+/// A security event for the append-only audit trail. Never a password or a token.
+#[derive(Debug, Clone)]
+pub struct AuditEvent<'a> {
+    pub at: DateTime<Utc>,
+    pub event: &'static str,
+    pub outcome: &'static str,
+    pub user_id: Option<UserId>,
+    pub email: Option<&'a str>,
+    pub client: &'a str,
+    pub reason: Option<&'static str>,
+}
+
+/// Whether an attempt may go ahead under the throttle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead; the attempt is already counted as a failure until it succeeds.
+    Admitted,
+    Blocked {
+        until: DateTime<Utc>,
+    },
+}
+
+/// What token authentication reads in its one lookup: the token's owner, and how long the
+/// client's address is blocked, if it is.
+#[derive(Debug, Clone)]
+pub struct TokenLookup {
+    pub principal: Option<Principal>,
+    pub blocked_until: Option<DateTime<Utc>>,
+}
+
+/// A throttle row as read under its lock.
+#[derive(Debug, Clone)]
+pub(crate) struct ThrottleState {
+    pub failures: i64,
+    pub blocked_until: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A throttle row's new failure count and block.
+pub(crate) type ThrottleUpdate = (i64, Option<DateTime<Utc>>);
+
+/// Decides an admission from the locked rows: blocked while any key is (the error is until
+/// when), otherwise every key counts one more failure.
+pub(crate) fn admit(
+    rows: &[(ThrottleRule, ThrottleState)],
+    now: DateTime<Utc>,
+) -> Result<Vec<ThrottleUpdate>, DateTime<Utc>> {
+    if let Some(until) = rows
+        .iter()
+        .filter_map(|(_, state)| state.blocked_until)
+        .filter(|until| *until > now)
+        .max()
+    {
+        return Err(until);
+    }
+    Ok(rows
+        .iter()
+        .map(|(rule, state)| {
+            let previous = u32::try_from(state.failures).unwrap_or(0);
+            let failures = rule
+                .carried_failures(previous, state.updated_at, now)
+                .saturating_add(1);
+            (i64::from(failures), rule.blocked_until(failures, now))
+        })
+        .collect())
+}
+
+/// Sorts and de-duplicates keys, so that transactions lock them in one order.
+pub(crate) fn lock_order(keys: &[(ThrottleKey, ThrottleRule)]) -> Vec<(ThrottleKey, ThrottleRule)> {
+    let mut keys = keys.to_vec();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.dedup_by(|a, b| a.0 == b.0);
+    keys
+}
+
 /// The user a token belongs to, and what kind of token it is.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -149,9 +224,17 @@ pub struct Principal {
     pub kind: TokenKind,
 }
 
+/// Connections of the store's pool, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: usize,
+    pub idle: usize,
+}
+
 /// The storage contract. Every multi-row write is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    fn pool_stats(&self) -> PoolStats;
     /// Brings the schema up to date; safe when several replicas start at once.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Answers whether the database can be reached right now.
@@ -175,12 +258,14 @@ pub trait Store: Send + Sync + 'static {
         session: &NewSession,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// The active user owning a live token. The one lookup token authentication performs.
+    /// The active user owning a live token, and the block on `throttle` if any. The one lookup
+    /// token authentication performs.
     async fn principal(
         &self,
         token: &TokenHash,
+        throttle: Option<&ThrottleKey>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Principal>, StoreError>;
+    ) -> Result<TokenLookup, StoreError>;
     /// Ends a session; false when it did not exist.
     async fn end_session(&self, token: &TokenHash) -> Result<bool, StoreError>;
     /// Replaces the user's API token, so the old one stops working at once.
@@ -196,6 +281,33 @@ pub trait Store: Send + Sync + 'static {
         organization: OrganizationId,
         token: &InviteToken,
     ) -> Result<(), StoreError>;
+    /// Counts an attempt as a failure on every key unless one of them is blocked, atomically,
+    /// so parallel attempts on any replica can't slip past the limit.
+    async fn throttle_admit(
+        &self,
+        keys: &[(ThrottleKey, ThrottleRule)],
+        now: DateTime<Utc>,
+    ) -> Result<Admission, StoreError>;
+    /// Until when a key is blocked, if it is.
+    async fn throttle_blocked_until(
+        &self,
+        key: &ThrottleKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// After a success: forgets `clear` keys and takes back the attempt counted on `forgive`.
+    async fn throttle_succeeded(
+        &self,
+        clear: &[ThrottleKey],
+        forgive: &[(ThrottleKey, ThrottleRule)],
+    ) -> Result<(), StoreError>;
+    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), StoreError>;
+    /// Deletes expired sessions and throttle rows untouched since `stale_before` and not
+    /// blocked; returns how many rows went.
+    async fn purge(
+        &self,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Opens the store the settings name: Postgres for `postgres://`, SQLite for `sqlite://`, or the
@@ -347,4 +459,89 @@ pub(crate) fn new_account(id: UserId, new: &NewAccount, organization: Organizati
 pub(crate) fn stored_invite(token: Option<String>) -> Result<InviteToken, StoreError> {
     let token = token.ok_or(StoreError::OrganizationNotFound)?;
     InviteToken::parse(&token).map_err(|e| StoreError::Unexpected(anyhow::anyhow!(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+
+    fn rule(max_failures: u32) -> ThrottleRule {
+        ThrottleRule {
+            max_failures,
+            base_delay: Duration::seconds(1),
+            max_delay: Duration::minutes(15),
+            window: Duration::hours(24),
+        }
+    }
+
+    fn state(
+        failures: i64,
+        blocked_for: Option<i64>,
+        age_hours: i64,
+        now: DateTime<Utc>,
+    ) -> ThrottleState {
+        ThrottleState {
+            failures,
+            blocked_until: blocked_for.map(|s| now + Duration::seconds(s)),
+            updated_at: now - Duration::hours(age_hours),
+        }
+    }
+
+    #[test]
+    fn an_attempt_counts_on_every_key_and_blocks_at_the_limit() {
+        let now = Utc::now();
+        let updates = admit(
+            &[
+                (rule(3), state(1, None, 0, now)),
+                (rule(2), state(1, None, 0, now)),
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            updates,
+            vec![(2, None), (2, Some(now + Duration::seconds(1)))]
+        );
+    }
+
+    #[test]
+    fn any_blocked_key_refuses_until_its_latest_block() {
+        let now = Utc::now();
+        let refused = admit(
+            &[
+                (rule(3), state(5, Some(10), 0, now)),
+                (rule(3), state(9, Some(30), 0, now)),
+            ],
+            now,
+        );
+        assert_eq!(refused, Err(now + Duration::seconds(30)));
+        let expired = admit(&[(rule(3), state(5, Some(-1), 0, now))], now).unwrap();
+        assert_eq!(expired, vec![(6, Some(now + Duration::seconds(8)))]);
+    }
+
+    #[test]
+    fn failures_outside_the_window_start_over() {
+        let now = Utc::now();
+        assert_eq!(
+            admit(&[(rule(3), state(50, None, 25, now))], now).unwrap(),
+            vec![(1, None)]
+        );
+    }
+
+    #[test]
+    fn keys_lock_in_one_order_without_duplicates() {
+        let a = ThrottleKey::new("login-email", "a@example.com");
+        let b = ThrottleKey::new("login-addr", "127.0.0.1");
+        let ordered = lock_order(&[
+            (a.clone(), rule(1)),
+            (b.clone(), rule(1)),
+            (a.clone(), rule(1)),
+        ]);
+        assert_eq!(
+            ordered.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            vec![b, a]
+        );
+    }
 }

@@ -10,12 +10,13 @@ use sqlx::{
 };
 
 use super::{
-    AccountRow, Joining, LoginRecord, NewAccount, NewSession, Principal, Store, StoreError,
-    TokenKind, migrator, select_account,
+    AccountRow, Admission, AuditEvent, Joining, LoginRecord, NewAccount, NewSession, PoolStats,
+    Principal, Store, StoreError, ThrottleState, TokenKind, TokenLookup, admit, lock_order,
+    migrator, select_account,
 };
 use crate::domain::{
     Account, DEFAULT_ORGANIZATION_TITLE, Email, InviteToken, Organization, OrganizationId,
-    TokenHash, UserId,
+    ThrottleKey, ThrottleRule, TokenHash, UserId,
 };
 
 /// Serialises the creation of the first organization across replicas.
@@ -93,6 +94,13 @@ async fn insert_token(
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size() as usize,
+            idle: self.pool.num_idle(),
+        }
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         // The migrator holds a Postgres advisory lock, so replicas starting together take turns.
         migrator(&[
@@ -100,6 +108,11 @@ impl Store for PostgresStore {
                 1,
                 "accounts",
                 include_str!("../../migrations/postgres/0001_accounts.sql"),
+            ),
+            (
+                2,
+                "throttle and audit",
+                include_str!("../../migrations/postgres/0002_throttle_and_audit.sql"),
             ),
             (
                 3,
@@ -321,22 +334,32 @@ impl Store for PostgresStore {
     async fn principal(
         &self,
         token: &TokenHash,
+        throttle: Option<&ThrottleKey>,
         now: DateTime<Utc>,
-    ) -> Result<Option<Principal>, StoreError> {
+    ) -> Result<TokenLookup, StoreError> {
         let row = sqlx::query(select_account!(
-            ", t.kind",
+            ", t.kind, (SELECT th.blocked_until FROM throttle th WHERE th.key = $3) AS throttled_until",
             "FROM tokens t JOIN users u ON u.id = t.user_id",
             "WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.is_active"
         ))
         .bind(token.as_str())
         .bind(now)
+        .bind(throttle.map(ThrottleKey::as_str))
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(Principal {
-            account: account_row(&row)?.into(),
-            kind: TokenKind::parse(row.try_get("kind")?)?,
-        }))
+        let Some(row) = row else {
+            return Ok(TokenLookup {
+                principal: None,
+                blocked_until: None,
+            });
+        };
+        Ok(TokenLookup {
+            principal: Some(Principal {
+                account: account_row(&row)?.into(),
+                kind: TokenKind::parse(row.try_get("kind")?)?,
+            }),
+            blocked_until: row.try_get("throttled_until")?,
+        })
     }
 
     async fn end_session(&self, token: &TokenHash) -> Result<bool, StoreError> {
@@ -388,6 +411,131 @@ impl Store for PostgresStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::OrganizationNotFound);
         }
+        Ok(())
+    }
+
+    async fn throttle_admit(
+        &self,
+        keys: &[(ThrottleKey, ThrottleRule)],
+        now: DateTime<Utc>,
+    ) -> Result<Admission, StoreError> {
+        let keys = lock_order(keys);
+        let mut tx = self.pool.begin().await?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for (key, rule) in &keys {
+            sqlx::query(
+                "INSERT INTO throttle (key, failures, updated_at) VALUES ($1, 0, $2) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query(
+                "SELECT failures, blocked_until, updated_at FROM throttle WHERE key = $1 FOR UPDATE",
+            )
+            .bind(key.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            let state = ThrottleState {
+                failures: i64::from(row.try_get::<i32, _>("failures")?),
+                blocked_until: row.try_get("blocked_until")?,
+                updated_at: row.try_get("updated_at")?,
+            };
+            rows.push((*rule, state));
+        }
+        let updates = match admit(&rows, now) {
+            Ok(updates) => updates,
+            Err(until) => return Ok(Admission::Blocked { until }),
+        };
+        for ((key, _), (failures, blocked_until)) in keys.iter().zip(updates) {
+            sqlx::query(
+                "UPDATE throttle SET failures = $2, blocked_until = $3, updated_at = $4 WHERE key = $1",
+            )
+            .bind(key.as_str())
+            .bind(i32::try_from(failures).unwrap_or(i32::MAX))
+            .bind(blocked_until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Admission::Admitted)
+    }
+
+    async fn throttle_blocked_until(
+        &self,
+        key: &ThrottleKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let until: Option<Option<DateTime<Utc>>> =
+            sqlx::query_scalar("SELECT blocked_until FROM throttle WHERE key = $1")
+                .bind(key.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(until.flatten().filter(|until| *until > now))
+    }
+
+    async fn throttle_succeeded(
+        &self,
+        clear: &[ThrottleKey],
+        forgive: &[(ThrottleKey, ThrottleRule)],
+    ) -> Result<(), StoreError> {
+        for key in clear {
+            sqlx::query("DELETE FROM throttle WHERE key = $1")
+                .bind(key.as_str())
+                .execute(&self.pool)
+                .await?;
+        }
+        for (key, rule) in forgive {
+            sqlx::query(
+                "UPDATE throttle SET failures = GREATEST(failures - 1, 0), \
+                 blocked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE blocked_until END \
+                 WHERE key = $1",
+            )
+            .bind(key.as_str())
+            .bind(i32::try_from(rule.max_failures).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(
+        &self,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let sessions =
+            sqlx::query("DELETE FROM tokens WHERE kind = 'session' AND expires_at <= $1")
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        let throttle = sqlx::query(
+            "DELETE FROM throttle WHERE updated_at < $1 \
+             AND (blocked_until IS NULL OR blocked_until <= $2)",
+        )
+        .bind(stale_before)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(sessions.rows_affected() + throttle.rows_affected())
+    }
+
+    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, event, outcome, user_id, email, client_addr, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(event.at)
+        .bind(event.event)
+        .bind(event.outcome)
+        .bind(event.user_id)
+        .bind(event.email)
+        .bind(event.client)
+        .bind(event.reason)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

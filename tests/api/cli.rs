@@ -3,113 +3,16 @@
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use tonic::Code;
 
 use crate::{
-    helpers::{Backend, TestApp, TestDb, assert_refused},
+    helpers::{BIN, Backend, ServerProcess, TestApp, TestDb, assert_refused, free_port, run},
     on_both_backends,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_label-studio-identity");
-
-/// A server process on a free port, stopped with SIGTERM when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The environment a process gets: the test database and cheap hashing, nothing inherited
-/// that could change the outcome.
-fn command(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("IDENTITY_ARGON2__MEMORY_KIB", "64")
-        .env("IDENTITY_ARGON2__ITERATIONS", "1")
-        .env("IDENTITY_METRICS__PORT", "0")
-        .env("RUST_LOG", "info");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-}
-
-fn run(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(db, args, env).output().expect("run the binary")
-}
-
-impl ServerProcess {
-    fn start(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let port_text = port.to_string();
-        let mut all = vec!["start", "--host", "127.0.0.1", "--port", &port_text];
-        all.extend_from_slice(args);
-        let child = command(db, &all, env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    fn probe(&self) -> bool {
-        Command::new(BIN)
-            .args(["probe", "--addr", &self.addr.to_string(), "--timeout", "1"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
-    async fn wait_serving(&mut self) {
-        let started = Instant::now();
-        while !self.probe() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("server exited early: {status}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "not serving in time"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn client(&self) -> TestApp {
-        TestApp::connect(self.addr).await
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().expect("wait for the server")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn bootstrap_creates_the_account_once_and_leaves_it_as_is(backend: Backend) {
     let db = TestDb::new(backend).await;

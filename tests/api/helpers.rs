@@ -3,7 +3,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::Command,
+    process::{Child, Command, Output, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -116,6 +116,22 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement, returning the database's refusal instead of panicking.
+    pub async fn try_execute(&self, sql: &str) -> Result<(), String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let outcome = match self.backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                conn.execute(sql).await.map(drop)
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                conn.execute(sql).await.map(drop)
+            }
+        };
+        outcome.map_err(|e| e.to_string())
+    }
+
     /// Reads one text value directly from the database.
     pub async fn fetch_string(&self, sql: &str) -> Option<String> {
         match self.backend {
@@ -202,6 +218,7 @@ impl Drop for TestDb {
 
 /// A running server and a client connected to it.
 pub struct TestApp {
+    pub metrics_addr: Option<SocketAddr>,
     pub client: IdentityServiceClient<Channel>,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
@@ -215,11 +232,13 @@ impl TestApp {
             .await
             .expect("build the server");
         let addr = app.local_addr().expect("local address");
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
         let mut app = Self::connect(addr).await;
+        app.metrics_addr = metrics_addr;
         app.stop = Some(stop);
         app.handle = Some(handle);
         app.wait_until_serving().await;
@@ -234,6 +253,7 @@ impl TestApp {
             .await
             .expect("connect to the server");
         Self {
+            metrics_addr: None,
             client: IdentityServiceClient::new(channel.clone()),
             channel,
             stop: None,
@@ -268,6 +288,12 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics are served");
+        http_get(addr, "/metrics").await
     }
 
     /// Stops the server the way SIGTERM does and waits for it to finish.
@@ -362,6 +388,108 @@ impl Drop for TestApp {
     }
 }
 
+pub const BIN: &str = env!("CARGO_BIN_EXE_label-studio-identity");
+
+/// A server process on a free port, stopped with SIGTERM when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The environment a process gets: the test database and cheap hashing, nothing inherited
+/// that could change the outcome.
+pub fn command(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("IDENTITY_ARGON2__MEMORY_KIB", "64")
+        .env("IDENTITY_ARGON2__ITERATIONS", "1")
+        .env("IDENTITY_METRICS__PORT", "0")
+        .env("RUST_LOG", "info");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+pub fn run(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(db, args, env).output().expect("run the binary")
+}
+
+impl ServerProcess {
+    pub fn start(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_logging(db, args, env, Stdio::null())
+    }
+
+    /// Starts a server whose log lines (stderr) go to `log`.
+    pub fn start_logging(db: &TestDb, args: &[&str], env: &[(&str, &str)], log: Stdio) -> Self {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut all = vec!["start", "--host", "127.0.0.1", "--port", &port_text];
+        all.extend_from_slice(args);
+        let child = command(db, &all, env)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the server");
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    pub fn probe(&self) -> bool {
+        Command::new(BIN)
+            .args(["probe", "--addr", &self.addr.to_string(), "--timeout", "1"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    pub async fn wait_serving(&mut self) {
+        let started = Instant::now();
+        while !self.probe() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited early: {status}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not serving in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> TestApp {
+        TestApp::connect(self.addr).await
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts a fresh database and a server on it with the default test settings.
 pub async fn spawn_app(backend: Backend) -> (TestApp, TestDb) {
     spawn_app_with(backend, |_| {}).await
@@ -443,11 +571,11 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    fn admin_url(&self) -> String {
+    pub fn admin_url(&self) -> String {
         self.database_url("postgres")
     }
 
-    fn database_url(&self, name: &str) -> String {
+    pub fn database_url(&self, name: &str) -> String {
         format!("{}/{name}", self.base)
     }
 }
@@ -489,89 +617,171 @@ fn postgres_bin(name: &str) -> PathBuf {
         })
 }
 
+/// A PostgreSQL cluster of the test's own, made with `initdb` and driven with `pg_ctl`.
 /// `initdb` refuses to run as root, so as root the cluster belongs to the `postgres` user.
-fn start_private_cluster() -> PostgresServer {
-    let dir = std::env::temp_dir().join(format!("lsid-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("cluster dir");
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().expect("port").port()
-    };
-    let as_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let run = |program: PathBuf, args: &[String]| {
-        let mut command = if as_root {
+pub struct PrivateCluster {
+    dir: PathBuf,
+    port: u16,
+    as_root: bool,
+}
+
+impl PrivateCluster {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "lsid-pg-{}-{}",
+            std::process::id(),
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(6)
+                .map(char::from)
+                .collect::<String>()
+        ));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_root {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", &dir.display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let cluster = Self {
+            port: free_port(),
+            dir,
+            as_root,
+        };
+        cluster.tool(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        cluster.resume();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn tool(&self, name: &str, args: &[&str]) {
+        let program = postgres_bin(name);
+        let mut command = if self.as_root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(program);
             c
         } else {
             Command::new(program)
         };
-        let status = command.args(args).status().expect("run a PostgreSQL tool");
-        assert!(status.success(), "PostgreSQL tool failed: {args:?}");
-    };
-    if as_root {
-        let status = Command::new("chown")
-            .args(["postgres:postgres", &dir.display().to_string()])
-            .status()
-            .expect("chown");
-        assert!(status.success());
+        let output = command.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            output.status.success(),
+            "{name} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    let data = dir.join("data").display().to_string();
-    run(
-        postgres_bin("initdb"),
-        &[
-            "-D".into(),
-            data.clone(),
-            "-U".into(),
-            "postgres".into(),
-            "--auth=trust".into(),
-            "--no-sync".into(),
-        ],
-    );
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-        dir.display()
-    );
-    run(
-        postgres_bin("pg_ctl"),
-        &[
-            "-D".into(),
-            data.clone(),
-            "-o".into(),
-            options,
-            "-l".into(),
-            dir.join("log").display().to_string(),
-            "-w".into(),
-            "start".into(),
-        ],
-    );
-    // Stop the cluster when this test process ends, however it ends.
-    let pg_ctl = postgres_bin("pg_ctl");
-    let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {prefix}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-        pid = std::process::id(),
-        prefix = if as_root {
-            "runuser -u postgres -- "
-        } else {
-            ""
-        },
-        pg_ctl = pg_ctl.display(),
-        dir = dir.display(),
-    );
-    // The watchdog outlives this process on purpose; nobody waits for it.
-    #[allow(clippy::zombie_processes)]
-    Command::new("sh")
-        .args(["-c", &watchdog])
-        .spawn()
-        .expect("start the cluster watchdog");
-    PostgresServer {
-        base: format!("postgres://postgres@127.0.0.1:{port}"),
+
+    /// Starts (again) the server on the same port and data.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").display().to_string();
+        self.tool(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
     }
+
+    /// Stops the server, ending its connections.
+    pub fn pause(&self) {
+        self.tool("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the cluster and removes it when this test process ends, however it ends.
+    fn stop_at_exit(&self) {
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {prefix}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            prefix = if self.as_root {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            pg_ctl = postgres_bin("pg_ctl").display(),
+            data = self.data(),
+            dir = self.dir.display(),
+        );
+        // The watchdog outlives this process on purpose; nobody waits for it.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .spawn()
+            .expect("start the cluster watchdog");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = std::panic::catch_unwind(|| {
+            self.tool("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+        });
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_private_cluster() -> PostgresServer {
+    let cluster = PrivateCluster::start();
+    cluster.stop_at_exit();
+    let base = cluster.base_url();
+    // Lives as long as the process; the watchdog cleans up.
+    std::mem::forget(cluster);
+    PostgresServer { base }
+}
+
+/// A plain HTTP/1.0 GET, returning the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// Runs futures concurrently on the runtime and collects their outputs in order.

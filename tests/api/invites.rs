@@ -226,7 +226,8 @@ async fn a_removed_member_cannot_use_the_organization(backend: Backend) {
 }
 
 async fn registrations_racing_a_reset_never_pass_with_the_old_token(backend: Backend) {
-    let (app, db) = spawn_app(backend).await;
+    let (app, db) =
+        spawn_app_with(backend, |s| s.throttle.invite_failures_per_address = 1_000).await;
     let owner = app.sign_up("owner@example.com", PASSWORD).await;
     let auth = format!("Token {}", owner.api_token);
     let old = app.invite_link(&auth).await.expect("link");

@@ -4,8 +4,14 @@ mod helpers;
 
 mod authenticate;
 mod cli;
+mod faults;
+mod hostile;
 mod import;
 mod invites;
+mod load;
+mod operations;
+mod security;
 mod server;
 mod signup;
+mod throttle;
 mod tokens;

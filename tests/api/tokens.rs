@@ -91,7 +91,35 @@ async fn tokens_are_stored_only_as_hashes(backend: Backend) {
     assert!(hash.starts_with("$argon2id$") && !hash.contains(PASSWORD));
 }
 
+async fn expired_sessions_and_stale_throttle_rows_are_purged(backend: Backend) {
+    let (app, db) = crate::helpers::spawn_app_with(backend, |s| s.session.ttl_seconds = 1).await;
+    let created = app.sign_up("ann@example.com", PASSWORD).await;
+    let _ = app.login("ann@example.com", "wrong-password").await;
+    let store = label_studio_identity::store::connect(&db.settings())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let now = chrono::Utc::now();
+
+    let removed = store
+        .purge(now, now + chrono::Duration::days(1))
+        .await
+        .unwrap();
+
+    assert!(removed >= 3, "{removed}");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM tokens WHERE kind = 'session'")
+            .await,
+        0
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM throttle").await, 0);
+    app.token_login(&created.api_token)
+        .await
+        .expect("API tokens stay");
+}
+
 on_both_backends!(
+    expired_sessions_and_stale_throttle_rows_are_purged,
     resetting_the_api_token_kills_the_old_one_at_once,
     a_session_may_reset_the_api_token,
     tokens_are_stored_only_as_hashes,

@@ -1,0 +1,243 @@
+//! Prometheus metrics, served over HTTP on their own port at `/metrics`.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{password::PasswordHasher, store::Store};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The service's metrics. Gauges that mirror other components are read at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    auth_failures: Family<ReasonLabels, Counter>,
+    hashing_running: Gauge,
+    hashing_waiting: Gauge,
+    hashing_computed: Counter,
+    hashing_computed_seen: std::sync::atomic::AtomicU64,
+    pool_in_use: Gauge,
+    pool_idle: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("identity");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code",
+            requests.clone(),
+        );
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call latency by method",
+            latency.clone(),
+        );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "refused authentications and registrations by reason",
+            auth_failures.clone(),
+        );
+        let hashing_running = Gauge::default();
+        registry.register(
+            "argon2_in_flight",
+            "argon2 computations running",
+            hashing_running.clone(),
+        );
+        let hashing_waiting = Gauge::default();
+        registry.register(
+            "argon2_waiting",
+            "argon2 computations waiting for a slot",
+            hashing_waiting.clone(),
+        );
+        let hashing_computed = Counter::default();
+        registry.register(
+            "argon2_computations",
+            "argon2 hashes and verifications computed",
+            hashing_computed.clone(),
+        );
+        let pool_in_use = Gauge::default();
+        registry.register(
+            "db_pool_connections_in_use",
+            "database connections in use",
+            pool_in_use.clone(),
+        );
+        let pool_idle = Gauge::default();
+        registry.register(
+            "db_pool_connections_idle",
+            "database connections idle in the pool",
+            pool_idle.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            hashing_running,
+            hashing_waiting,
+            hashing_computed,
+            hashing_computed_seen: std::sync::atomic::AtomicU64::new(0),
+            pool_in_use,
+            pool_idle,
+        }
+    }
+
+    /// Records one finished call.
+    pub fn observe(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels { method })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The text exposition, with the mirrored gauges read now.
+    pub fn render(&self, hasher: &PasswordHasher, store: &dyn Store) -> String {
+        let load = hasher.load();
+        self.hashing_running.set(gauge(load.running));
+        self.hashing_waiting.set(gauge(load.waiting));
+        let seen = self
+            .hashing_computed_seen
+            .fetch_max(load.computed, std::sync::atomic::Ordering::Relaxed);
+        self.hashing_computed
+            .inc_by(load.computed.saturating_sub(seen));
+        let pool = store.pool_stats();
+        self.pool_in_use
+            .set(gauge(pool.size.saturating_sub(pool.idle)));
+        self.pool_idle.set(gauge(pool.idle));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn gauge(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `GET /metrics` until `stopped` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    hasher: PasswordHasher,
+    store: Arc<dyn Store>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener failed to accept");
+                    continue;
+                }
+            },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let (metrics, hasher, store) = (metrics.clone(), hasher.clone(), store.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let response = if request.uri().path() == "/metrics" {
+                    Response::builder()
+                        .header(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                        .body(Full::new(Bytes::from(
+                            metrics.render(&hasher, store.as_ref()),
+                        )))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"not found; try /metrics\n")))
+                };
+                async move {
+                    Ok::<_, Infallible>(
+                        response
+                            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"")))),
+                    )
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,273 @@
+//! Enumeration-proof logins, the audit trail, and secrets kept out of every log and table.
+
+use std::{process::Stdio, time::Instant};
+
+use label_studio_identity::grpc::pb;
+use tonic::Code;
+
+use crate::{
+    helpers::{
+        Backend, ServerProcess, TestDb, assert_refused, free_port, spawn_app_with, with_auth,
+    },
+    on_both_backends,
+};
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+async fn unknown_emails_cost_the_same_as_wrong_passwords(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        // Enough work per hash that it, not noise, dominates each call.
+        s.argon2.memory_kib = 8 * 1024;
+        s.argon2.iterations = 2;
+        s.throttle.login_failures_per_email = 1_000;
+        s.throttle.login_failures_per_address = 100_000;
+    })
+    .await;
+    app.sign_up("known@example.com", "correct-horse").await;
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    // Warm up, then interleave the two kinds so drift in machine load hits both alike.
+    for _ in 0..3 {
+        let _ = app.login("known@example.com", "wrong-password").await;
+    }
+
+    for i in 0..40 {
+        let started = Instant::now();
+        let refused = app
+            .login(&format!("nobody{i}@example.com"), "wrong-password")
+            .await;
+        unknown.push(started.elapsed().as_secs_f64());
+        assert_refused(refused, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        let started = Instant::now();
+        let refused = app.login("known@example.com", "wrong-password").await;
+        wrong.push(started.elapsed().as_secs_f64());
+        assert_refused(refused, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+
+    let (unknown, wrong) = (median(unknown), median(wrong));
+    let ratio = unknown / wrong;
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "median unknown {unknown:.4}s vs wrong password {wrong:.4}s"
+    );
+}
+
+/// Strings that must never appear in a log line or the audit table.
+struct Secrets {
+    passwords: Vec<String>,
+    tokens: Vec<String>,
+}
+
+async fn a_whole_scenario_leaves_no_secret_in_logs_or_the_audit_table(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log_path = std::env::temp_dir().join(format!(
+        "lsid-log-{}-{}.txt",
+        std::process::id(),
+        free_port()
+    ));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = ServerProcess::start_logging(
+        &db,
+        &["--log-format", "json"],
+        &[
+            ("RUST_LOG", "debug"),
+            ("LABEL_STUDIO_USERNAME", "boot@example.com"),
+            ("LABEL_STUDIO_PASSWORD", "Bootstrap-Secret-Pw-7731"),
+            ("LABEL_STUDIO_USER_TOKEN", "Boot-Secret-Token-5512"),
+            ("IDENTITY_THROTTLE__LOGIN_FAILURES_PER_EMAIL", "2"),
+        ],
+        Stdio::from(log),
+    );
+    server.wait_serving().await;
+    let app = server.client().await;
+    let mut secrets = Secrets {
+        passwords: vec![
+            "Bootstrap-Secret-Pw-7731".into(),
+            "Owner-Secret-Pw-1904".into(),
+            "Wrong-Secret-Pw-6620".into(),
+            "Invited-Secret-Pw-3318".into(),
+        ],
+        tokens: vec![
+            "Boot-Secret-Token-5512".into(),
+            "Guessed-Secret-Token-4471".into(),
+            "Chosen-Secret-Token-2297".into(),
+        ],
+    };
+
+    let owner = app
+        .sign_up("owner@example.com", "Owner-Secret-Pw-1904")
+        .await;
+    secrets
+        .tokens
+        .extend([owner.api_token.clone(), owner.session_token.clone()]);
+    let session = app
+        .login("owner@example.com", "Owner-Secret-Pw-1904")
+        .await
+        .unwrap();
+    secrets.tokens.push(session.session_token.clone());
+    for _ in 0..3 {
+        let _ = app.login("owner@example.com", "Wrong-Secret-Pw-6620").await;
+    }
+    let _ = app.token_login("Guessed-Secret-Token-4471").await;
+    app.token_login("Boot-Secret-Token-5512").await.unwrap();
+    let link = app
+        .invite_link(&format!("Token {}", owner.api_token))
+        .await
+        .unwrap();
+    let reset = app
+        .reset_invite_link(&format!("Bearer {}", session.session_token))
+        .await
+        .unwrap();
+    secrets
+        .tokens
+        .extend([link.token.clone(), reset.token.clone()]);
+    let invited = app
+        .register(
+            &reset.invite_url,
+            "invited@example.com",
+            "Invited-Secret-Pw-3318",
+        )
+        .await
+        .unwrap();
+    secrets
+        .tokens
+        .extend([invited.api_token.clone(), invited.session_token.clone()]);
+    let _ = app
+        .register(
+            &link.invite_url,
+            "late@example.com",
+            "Invited-Secret-Pw-3318",
+        )
+        .await;
+    let admin_made = app
+        .client
+        .clone()
+        .create_user(with_auth(
+            pb::CreateUserRequest {
+                user_token: "Chosen-Secret-Token-2297".into(),
+                ..crate::helpers::sign_up("staff@example.com", "Owner-Secret-Pw-1904")
+            },
+            &format!("Token {}", owner.api_token),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin_made.into_inner().api_token,
+        "Chosen-Secret-Token-2297"
+    );
+    let new_token = app
+        .client
+        .clone()
+        .reset_api_token(with_auth(
+            pb::ResetApiTokenRequest {},
+            &format!("Token {}", owner.api_token),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.tokens.push(new_token.api_token.clone());
+    app.client
+        .clone()
+        .logout(with_auth(
+            pb::LogoutRequest {},
+            &format!("Bearer {}", session.session_token),
+        ))
+        .await
+        .unwrap();
+    assert!(server.terminate().success());
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        logs.contains("security event"),
+        "the audit lines are logged"
+    );
+    let audit = audit_rows(&db).await;
+    for event in [
+        "bootstrap",
+        "signup",
+        "login",
+        "token_auth",
+        "invite_reset",
+        "registration",
+        "admin_create",
+        "api_token_reset",
+        "logout",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|row| row.starts_with(&format!("{event}|"))),
+            "no {event} in {audit:#?}"
+        );
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|row| row.starts_with("login|failure|INVALID_CREDENTIALS")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|row| row.contains("|THROTTLED|")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|row| row.starts_with("login|success")),
+        "{audit:#?}"
+    );
+    let everything = audit.join("\n");
+    for secret in secrets.passwords.iter().chain(&secrets.tokens) {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret is in the log: {secret}"
+        );
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a secret is in the audit table: {secret}"
+        );
+    }
+    let refused = db
+        .fetch_string("SELECT event FROM audit_events LIMIT 1")
+        .await;
+    assert!(refused.is_some());
+}
+
+/// The audit rows as `event|outcome|reason|user|email|client` lines.
+async fn audit_rows(db: &TestDb) -> Vec<String> {
+    let count = db.count("SELECT COUNT(*) FROM audit_events").await;
+    let mut rows = Vec::new();
+    for id in 1..=count {
+        let row = db
+            .fetch_string(&format!(
+                "SELECT event || '|' || outcome || '|' || COALESCE(reason, '') || '|' || COALESCE(CAST(user_id AS TEXT), '') \
+                 || '|' || COALESCE(email, '') || '|' || client_addr FROM audit_events WHERE id = {id}"
+            ))
+            .await
+            .unwrap_or_default();
+        rows.push(row);
+    }
+    rows
+}
+
+async fn the_audit_table_is_append_only(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, |_| {}).await;
+    app.sign_up("ann@example.com", "correct-horse").await;
+    assert!(db.count("SELECT COUNT(*) FROM audit_events").await >= 1);
+
+    let update = db
+        .try_execute("UPDATE audit_events SET outcome = 'success'")
+        .await;
+    let delete = db.try_execute("DELETE FROM audit_events").await;
+
+    assert!(update.is_err() && delete.is_err(), "{update:?} {delete:?}");
+    assert!(db.count("SELECT COUNT(*) FROM audit_events").await >= 1);
+}
+
+on_both_backends!(
+    unknown_emails_cost_the_same_as_wrong_passwords,
+    a_whole_scenario_leaves_no_secret_in_logs_or_the_audit_table,
+    the_audit_table_is_append_only,
+);

@@ -1,0 +1,293 @@
+//! Throttling: failures slow down further attempts per email and per client address, shared
+//! through the database, checked before any hashing, and never a permanent lock-out.
+
+use std::time::Duration;
+
+use label_studio_identity::config::Settings;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::{
+    helpers::{Backend, TestApp, assert_refused, join_all, login, spawn_app_with},
+    on_both_backends,
+};
+
+const PASSWORD: &str = "correct-horse";
+
+fn strict(settings: &mut Settings) {
+    settings.throttle.login_failures_per_email = 3;
+    settings.throttle.base_delay_ms = 60_000;
+}
+
+/// The number of argon2 computations so far, from the metrics endpoint.
+async fn hashes(app: &TestApp) -> u64 {
+    let text = app.metrics().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix("identity_argon2_computations_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no hashing counter in {text}"))
+}
+
+async fn failed_logins_throttle_the_email_before_any_hashing(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, strict).await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+    for _ in 0..3 {
+        assert_refused(
+            app.login("ann@example.com", "wrong-password").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let before = hashes(&app).await;
+
+    let refused = app.login("ann@example.com", PASSWORD).await;
+
+    let status = assert_refused(refused, Code::ResourceExhausted, "THROTTLED");
+    let retry = status
+        .get_details_retry_info()
+        .expect("RetryInfo")
+        .retry_delay
+        .expect("delay");
+    assert!(
+        retry >= Duration::from_secs(50) && retry <= Duration::from_secs(61),
+        "{retry:?}"
+    );
+    assert_eq!(
+        hashes(&app).await,
+        before,
+        "a throttled attempt spends no hashing"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE reason = 'THROTTLED'")
+            .await,
+        1
+    );
+}
+
+async fn unknown_emails_are_throttled_like_known_ones(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, strict).await;
+
+    for _ in 0..3 {
+        assert_refused(
+            app.login("ghost@example.com", "wrong-password").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+
+    assert_refused(
+        app.login("ghost@example.com", "wrong-password").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    assert_refused(
+        app.login("GHOST@example.com", "wrong-password").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+}
+
+async fn a_success_clears_the_account_count(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, strict).await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+
+    for _ in 0..2 {
+        app.login("ann@example.com", "wrong-password")
+            .await
+            .expect_err("wrong");
+    }
+    app.login("ann@example.com", PASSWORD).await.expect("right");
+    for _ in 0..2 {
+        assert_refused(
+            app.login("ann@example.com", "wrong-password").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+
+    app.login("ann@example.com", PASSWORD)
+        .await
+        .expect("not throttled: the count restarted");
+}
+
+async fn a_victim_is_slowed_never_locked_out(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_email = 2;
+        s.throttle.base_delay_ms = 100;
+        s.throttle.max_delay_seconds = 1;
+    })
+    .await;
+    app.sign_up("victim@example.com", PASSWORD).await;
+    // An attacker keeps guessing; each admitted guess doubles the wait, up to the cap.
+    for _ in 0..12 {
+        let _ = app.login("victim@example.com", "attacker-guess").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    app.login("victim@example.com", PASSWORD)
+        .await
+        .expect("the capped wait has passed");
+}
+
+async fn parallel_guesses_cannot_slip_past_the_limit(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, strict).await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+
+    let guesses: Vec<_> = (0..10)
+        .map(|i| {
+            let mut client = app.client.clone();
+            async move {
+                client
+                    .authenticate(login("ann@example.com", &format!("guess-{i:04}")))
+                    .await
+            }
+        })
+        .collect();
+    let results = join_all(guesses).await;
+
+    let wrong = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::Unauthenticated))
+        .count();
+    let throttled = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    assert_eq!((wrong, throttled), (3, 7), "{results:?}");
+}
+
+async fn failures_from_one_address_throttle_it_across_emails(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_address = 4;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+
+    for i in 0..4 {
+        let email = format!("probe{i}@example.com");
+        assert_refused(
+            app.login(&email, "wrong-password").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+
+    assert_refused(
+        app.login("fresh@example.com", "wrong-password").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+}
+
+async fn failed_token_authentications_throttle_the_address(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.token_failures_per_address = 3;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+    let created = app.sign_up("ann@example.com", PASSWORD).await;
+
+    for i in 0..3 {
+        assert_refused(
+            app.token_login(&format!("guess{i:036}")).await,
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+
+    assert_refused(
+        app.token_login("another-guess-0000000000").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    // While blocked, even a right token is refused: the answer must not tell guesses apart.
+    assert_refused(
+        app.token_login(&created.api_token).await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    assert_refused(
+        app.invite_link(&format!("Token {}", created.api_token))
+            .await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+}
+
+async fn failed_invite_tokens_throttle_the_address(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, |s| {
+        s.throttle.invite_failures_per_address = 3;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+    let owner = app.sign_up("owner@example.com", PASSWORD).await;
+    let link = app
+        .invite_link(&format!("Token {}", owner.api_token))
+        .await
+        .expect("link");
+
+    for i in 0..3 {
+        assert_refused(
+            app.register(&format!("wrongtoken{i}"), "x@example.com", PASSWORD)
+                .await,
+            Code::PermissionDenied,
+            "INVITE_INVALID",
+        );
+    }
+
+    assert_refused(
+        app.register(&link.token, "x@example.com", PASSWORD).await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
+async fn the_client_address_comes_from_a_trusted_gateway_only(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_address = 2;
+        s.throttle.base_delay_ms = 60_000;
+        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let from = |addr: &str, email: &str| {
+        let mut request = tonic::Request::new(login(email, "wrong-password"));
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", addr.parse().unwrap());
+        let mut client = app.client.clone();
+        async move { client.authenticate(request).await }
+    };
+
+    for i in 0..2 {
+        from("203.0.113.1", &format!("a{i}@example.com"))
+            .await
+            .expect_err("wrong");
+    }
+
+    assert_refused(
+        from("203.0.113.1, 10.0.0.1", "b@example.com").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    assert_refused(
+        from("203.0.113.2", "c@example.com").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+}
+
+on_both_backends!(
+    failed_logins_throttle_the_email_before_any_hashing,
+    unknown_emails_are_throttled_like_known_ones,
+    a_success_clears_the_account_count,
+    a_victim_is_slowed_never_locked_out,
+    parallel_guesses_cannot_slip_past_the_limit,
+    failures_from_one_address_throttle_it_across_emails,
+    failed_token_authentications_throttle_the_address,
+    failed_invite_tokens_throttle_the_address,
+    the_client_address_comes_from_a_trusted_gateway_only,
+);
