@@ -1,0 +1,473 @@
+//! The load: seeded accounts, the calls each scenario makes, and the callers that make them for
+//! a fixed time at a fixed concurrency, recording latencies and failures by gRPC code.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use label_studio_identity::grpc::pb::{
+    self, authenticate_request::Credentials, identity_service_client::IdentityServiceClient,
+};
+use rand::Rng as _;
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tonic_types::StatusExt as _;
+
+use crate::{cluster::Cluster, cpu::CpuTimes};
+
+/// The password every seeded account has.
+const SEED_PASSWORD: &str = "bench-password-0123";
+/// Seeding runs this many signups at once.
+const SEED_CONCURRENCY: usize = 8;
+/// Streams one HTTP/2 connection carries at most before the client opens another; below the
+/// server's default `max_concurrent_streams` (256).
+const STREAMS_PER_CONNECTION: usize = 128;
+/// The realistic mix, in calls per hundred: a gateway checks a token on every page, reads the
+/// invite link now and then, and sees few logins and fewer signups.
+pub const MIX: [(Op, u32); 5] = [
+    (Op::SessionToken, 60),
+    (Op::ApiToken, 25),
+    (Op::InviteLink, 8),
+    (Op::Password, 5),
+    (Op::CreateUser, 2),
+];
+
+/// Latencies in microseconds, up to a minute at three significant digits.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Latencies {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self(
+            Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
+        ))
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
+    }
+
+    pub fn merge(&mut self, other: &Self) -> anyhow::Result<()> {
+        self.0.add(&other.0).context("cannot merge histograms")
+    }
+
+    /// The latency at `quantile` (0..=1).
+    pub fn at(&self, quantile: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(quantile))
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.0.max())
+    }
+}
+
+/// One call of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Password,
+    /// A password login that, when refused as overloaded, waits as `RetryInfo` says.
+    PasswordPolite,
+    ApiToken,
+    SessionToken,
+    CreateUser,
+    InviteLink,
+    /// One of `MIX`, drawn per call.
+    Mix,
+}
+
+impl Op {
+    /// Codes that are the service working as specified for this load, not failures.
+    fn expects(self, code: Code) -> bool {
+        self == Self::PasswordPolite && code == Code::ResourceExhausted
+    }
+}
+
+pub struct Plan {
+    pub name: &'static str,
+    pub op: Op,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub timeout: Duration,
+}
+
+/// What one plan did in its measured window.
+#[derive(Debug)]
+pub struct Stats {
+    pub name: &'static str,
+    pub op: Op,
+    pub concurrency: usize,
+    pub ok: u64,
+    pub window: Duration,
+    pub latencies: Latencies,
+    /// Failed calls by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Failed calls whose code the scenario does not expect.
+    pub unexpected: u64,
+    /// The largest server's peak resident memory during the scenario.
+    pub peak_rss: Option<u64>,
+    /// CPU spent in the measured window by the whole run (all its plans), and the calls
+    /// every plan of the run completed in it.
+    pub cpu: Option<(CpuTimes, u64)>,
+}
+
+impl Stats {
+    pub fn per_second(&self) -> f64 {
+        self.ok as f64 / self.window.as_secs_f64()
+    }
+}
+
+/// A seeded account and its credentials.
+pub struct Seed {
+    email: String,
+    api_token: String,
+    session_token: String,
+    api_auth: MetadataValue<Ascii>,
+}
+
+pub struct Seeds {
+    accounts: Vec<Seed>,
+    /// Distinguishes this run's new emails from any earlier run's on the same server.
+    tag: String,
+    next: AtomicU64,
+}
+
+impl Seeds {
+    pub fn api_tokens(&self) -> Vec<String> {
+        self.accounts.iter().map(|a| a.api_token.clone()).collect()
+    }
+
+    fn pick(&self) -> &Seed {
+        &self.accounts[rand::rng().random_range(0..self.accounts.len())]
+    }
+
+    fn new_email(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("new-{}-{n}@bench.example.com", self.tag)
+    }
+}
+
+/// The servers' addresses; each scenario opens its own connections.
+pub struct Target {
+    addrs: Vec<SocketAddr>,
+    connections: usize,
+}
+
+impl Target {
+    /// Checks that every server accepts a connection.
+    pub async fn connect(addrs: Vec<SocketAddr>, connections: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(!addrs.is_empty(), "no server to target");
+        let target = Self {
+            addrs,
+            connections: connections.max(1),
+        };
+        target.clients(1).await?;
+        Ok(target)
+    }
+
+    /// Clients over enough connections to every server for `concurrency` callers; callers
+    /// take them in turn, so replicas share the load evenly.
+    async fn clients(
+        &self,
+        concurrency: usize,
+    ) -> anyhow::Result<Vec<IdentityServiceClient<Channel>>> {
+        let per_server = self
+            .connections
+            .max(concurrency.div_ceil(STREAMS_PER_CONNECTION * self.addrs.len()));
+        let mut clients = Vec::with_capacity(per_server * self.addrs.len());
+        for _ in 0..per_server {
+            for addr in &self.addrs {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot connect to {addr}"))?;
+                clients.push(IdentityServiceClient::new(channel));
+            }
+        }
+        Ok(clients)
+    }
+}
+
+/// Creates `users` accounts through self-signup and keeps their tokens.
+pub async fn seed(target: &Target, users: usize, timeout: Duration) -> anyhow::Result<Seeds> {
+    let tag = format!("{:x}", chrono::Utc::now().timestamp_micros());
+    let clients = target.clients(SEED_CONCURRENCY).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..SEED_CONCURRENCY)
+        .map(|worker| {
+            let mut client = clients[worker % clients.len()].clone();
+            let (next, tag) = (next.clone(), tag.clone());
+            tokio::spawn(async move {
+                let mut made = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= users as u64 {
+                        return anyhow::Ok(made);
+                    }
+                    let email = format!("seed-{tag}-{n}@bench.example.com");
+                    let created = loop {
+                        let mut request = Request::new(pb::CreateUserRequest {
+                            email: email.clone(),
+                            password: SEED_PASSWORD.into(),
+                            ..Default::default()
+                        });
+                        request.set_timeout(timeout);
+                        match client.create_user(request).await {
+                            Ok(response) => break response.into_inner(),
+                            Err(status) if status.code() == Code::ResourceExhausted => {
+                                tokio::time::sleep(retry_delay(&status)).await;
+                            }
+                            Err(status) => anyhow::bail!("seeding {email} failed: {status}"),
+                        }
+                    };
+                    let api_auth = format!("Token {}", created.api_token)
+                        .parse()
+                        .context("an API token that is no metadata value")?;
+                    made.push(Seed {
+                        email,
+                        api_token: created.api_token,
+                        session_token: created.session_token,
+                        api_auth,
+                    });
+                }
+            })
+        })
+        .collect();
+    let mut accounts = Vec::with_capacity(users);
+    for task in tasks {
+        accounts.extend(task.await.context("a seeding task panicked")??);
+    }
+    anyhow::ensure!(!accounts.is_empty(), "--users must be at least 1");
+    Ok(Seeds {
+        accounts,
+        tag,
+        next: AtomicU64::new(0),
+    })
+}
+
+/// Runs the plans at the same time over one window and returns what each did, with the
+/// servers' peak memory over the whole run.
+pub async fn run(
+    target: &Target,
+    seeds: &Arc<Seeds>,
+    cluster: &Cluster,
+    plans: &[Plan],
+) -> anyhow::Result<Vec<Stats>> {
+    let total: usize = plans.iter().map(|p| p.concurrency).sum();
+    let clients = target.clients(total).await?;
+    cluster.reset_peak();
+    let began = Instant::now();
+    let mut handles = Vec::new();
+    let mut caller = 0usize;
+    for plan in plans {
+        let measure_from = began + plan.warmup;
+        let end = measure_from + plan.duration;
+        let mut workers = Vec::with_capacity(plan.concurrency);
+        for _ in 0..plan.concurrency {
+            let client = clients[caller % clients.len()].clone();
+            caller += 1;
+            let seeds = seeds.clone();
+            let (op, timeout) = (plan.op, plan.timeout);
+            workers.push(tokio::spawn(async move {
+                worker(client, &seeds, op, timeout, measure_from, end).await
+            }));
+        }
+        handles.push(workers);
+    }
+    let end = plans
+        .iter()
+        .map(|p| began + p.warmup + p.duration)
+        .max()
+        .unwrap_or(began);
+    let measure_from = began + plans.iter().map(|p| p.warmup).max().unwrap_or_default();
+    let mut sampled = 0u64;
+    let mut cpu_from = None;
+    let cpu_spent = loop {
+        let now = Instant::now();
+        if cpu_from.is_none() && now >= measure_from {
+            cpu_from = Some(CpuTimes::now(&cluster.pids()));
+        }
+        if now >= end {
+            break cpu_from.map(|from| CpuTimes::now(&cluster.pids()).since(&from));
+        }
+        if let Some(rss) = cluster.rss() {
+            sampled = sampled.max(rss.current);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut all = Vec::with_capacity(plans.len());
+    for (plan, workers) in plans.iter().zip(handles) {
+        let mut stats = Stats {
+            name: plan.name,
+            op: plan.op,
+            concurrency: plan.concurrency,
+            ok: 0,
+            window: plan.duration,
+            latencies: Latencies::new()?,
+            errors: BTreeMap::new(),
+            unexpected: 0,
+            peak_rss: None,
+            cpu: None,
+        };
+        for worker in workers {
+            let own = worker.await.context("a caller panicked")??;
+            stats.ok += own.ok;
+            stats.latencies.merge(&own.latencies)?;
+            for (code, count) in own.errors {
+                if !plan.op.expects(code) {
+                    stats.unexpected += count;
+                }
+                *stats.errors.entry(format!("{code:?}")).or_default() += count;
+            }
+        }
+        all.push(stats);
+    }
+    // Peak RSS is read after the callers finished, so it covers the whole run.
+    let peak = cluster.rss().map(|rss| rss.peak.max(sampled));
+    let calls: u64 = all.iter().map(|stats| stats.ok).sum();
+    for stats in &mut all {
+        stats.peak_rss = peak;
+        stats.cpu = cpu_spent.map(|spent| (spent, calls));
+    }
+    Ok(all)
+}
+
+struct Own {
+    ok: u64,
+    latencies: Latencies,
+    errors: std::collections::HashMap<Code, u64>,
+}
+
+async fn worker(
+    mut client: IdentityServiceClient<Channel>,
+    seeds: &Seeds,
+    op: Op,
+    timeout: Duration,
+    measure_from: Instant,
+    end: Instant,
+) -> anyhow::Result<Own> {
+    let mut own = Own {
+        ok: 0,
+        latencies: Latencies::new()?,
+        errors: std::collections::HashMap::new(),
+    };
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            return Ok(own);
+        }
+        let op = match op {
+            Op::Mix => draw_from_mix(),
+            op => op,
+        };
+        let answer = call(&mut client, seeds, op, timeout).await;
+        let answered = Instant::now();
+        let counted = sent >= measure_from && answered <= end;
+        match answer {
+            Ok(()) if counted => {
+                own.ok += 1;
+                own.latencies.record(answered - sent);
+            }
+            Ok(()) => {}
+            Err(status) => {
+                if counted {
+                    *own.errors.entry(status.code()).or_default() += 1;
+                }
+                if op == Op::PasswordPolite && status.code() == Code::ResourceExhausted {
+                    let wake = Instant::now() + retry_delay(&status);
+                    tokio::time::sleep_until(wake.min(end).into()).await;
+                }
+            }
+        }
+    }
+}
+
+fn draw_from_mix() -> Op {
+    let total: u32 = MIX.iter().map(|(_, weight)| weight).sum();
+    let mut pick = rand::rng().random_range(0..total);
+    for (op, weight) in MIX {
+        if pick < weight {
+            return op;
+        }
+        pick -= weight;
+    }
+    Op::ApiToken
+}
+
+/// How long an overloaded server asked callers to wait (`google.rpc.RetryInfo`).
+fn retry_delay(status: &Status) -> Duration {
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .unwrap_or(Duration::from_millis(100))
+}
+
+async fn call(
+    client: &mut IdentityServiceClient<Channel>,
+    seeds: &Seeds,
+    op: Op,
+    timeout: Duration,
+) -> Result<(), Status> {
+    fn timed<T>(message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        request
+    }
+    let authenticate = |credentials| pb::AuthenticateRequest {
+        credentials: Some(credentials),
+    };
+    let seed = seeds.pick();
+    match op {
+        Op::Password | Op::PasswordPolite => {
+            let credentials = Credentials::Password(pb::PasswordCredentials {
+                email: seed.email.clone(),
+                password: SEED_PASSWORD.into(),
+            });
+            client
+                .authenticate(timed(authenticate(credentials), timeout))
+                .await?;
+        }
+        Op::ApiToken => {
+            let credentials = Credentials::Token(seed.api_token.clone());
+            client
+                .authenticate(timed(authenticate(credentials), timeout))
+                .await?;
+        }
+        Op::SessionToken => {
+            let credentials = Credentials::Token(seed.session_token.clone());
+            client
+                .authenticate(timed(authenticate(credentials), timeout))
+                .await?;
+        }
+        Op::CreateUser => {
+            let request = pb::CreateUserRequest {
+                email: seeds.new_email(),
+                password: SEED_PASSWORD.into(),
+                ..Default::default()
+            };
+            client.create_user(timed(request, timeout)).await?;
+        }
+        Op::InviteLink => {
+            let mut request = timed(pb::GetInviteLinkRequest {}, timeout);
+            request
+                .metadata_mut()
+                .insert("authorization", seed.api_auth.clone());
+            client.get_invite_link(request).await?;
+        }
+        Op::Mix => unreachable!("a mix is drawn into one call before calling"),
+    }
+    Ok(())
+}
