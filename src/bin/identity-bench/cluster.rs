@@ -38,6 +38,8 @@ pub struct ServerOptions {
     pub max_concurrent: Option<usize>,
     pub max_waiting: Option<usize>,
     pub db_connections: Option<u32>,
+    /// Trust this machine as a gateway, so calls can carry their users' addresses.
+    pub gateway: bool,
 }
 
 /// Resident memory of the servers, in bytes: the largest replica's.
@@ -328,6 +330,9 @@ fn spawn_server(
     }
     if let Some(value) = options.max_waiting {
         command.env("IDENTITY_ARGON2__MAX_WAITING", value.to_string());
+    }
+    if options.gateway {
+        command.env("IDENTITY_SERVER__TRUSTED_PROXIES", "127.0.0.1");
     }
     if let Some(value) = options.db_connections {
         command.env("IDENTITY_DATABASE__MAX_CONNECTIONS", value.to_string());

@@ -135,6 +135,8 @@ pub struct Seed {
     api_token: String,
     session_token: String,
     api_auth: MetadataValue<Ascii>,
+    /// The address a gateway reports for this user (`x-forwarded-for`), when calls carry one.
+    address: Option<MetadataValue<Ascii>>,
 }
 
 pub struct Seeds {
@@ -202,7 +204,12 @@ impl Target {
 }
 
 /// Creates `users` accounts through self-signup and keeps their tokens.
-pub async fn seed(target: &Target, users: usize, timeout: Duration) -> anyhow::Result<Seeds> {
+pub async fn seed(
+    target: &Target,
+    users: usize,
+    timeout: Duration,
+    gateway: bool,
+) -> anyhow::Result<Seeds> {
     let tag = format!("{:x}", chrono::Utc::now().timestamp_micros());
     let clients = target.clients(SEED_CONCURRENCY).await?;
     let next = Arc::new(AtomicU64::new(0));
@@ -218,14 +225,17 @@ pub async fn seed(target: &Target, users: usize, timeout: Duration) -> anyhow::R
                         return anyhow::Ok(made);
                     }
                     let email = format!("seed-{tag}-{n}@bench.example.com");
+                    let address = gateway.then(|| user_address(n));
                     let created = loop {
-                        let mut request = Request::new(pb::CreateUserRequest {
+                        let message = pb::CreateUserRequest {
                             email: email.clone(),
                             password: SEED_PASSWORD.into(),
                             ..Default::default()
-                        });
-                        request.set_timeout(timeout);
-                        match client.create_user(request).await {
+                        };
+                        match client
+                            .create_user(request(message, timeout, address.as_ref()))
+                            .await
+                        {
                             Ok(response) => break response.into_inner(),
                             Err(status) if status.code() == Code::ResourceExhausted => {
                                 tokio::time::sleep(retry_delay(&status)).await;
@@ -241,6 +251,7 @@ pub async fn seed(target: &Target, users: usize, timeout: Duration) -> anyhow::R
                         api_token: created.api_token,
                         session_token: created.session_token,
                         api_auth,
+                        address,
                     });
                 }
             })
@@ -407,6 +418,27 @@ fn draw_from_mix() -> Op {
     Op::ApiToken
 }
 
+/// The address of the `n`th simulated user, in the range set aside for benchmarks
+/// (198.18.0.0/15): carried only as `x-forwarded-for` text, never connected to.
+fn user_address(n: u64) -> MetadataValue<Ascii> {
+    let (high, mid, low) = ((n >> 16) & 1, (n >> 8) & 255, n & 255);
+    let text = format!("198.{}.{mid}.{low}", 18 + high);
+    MetadataValue::try_from(text.as_str())
+        .unwrap_or_else(|_| MetadataValue::from_static("198.18.0.1"))
+}
+
+/// A request with a deadline, and the user's address as a trusted gateway reports it.
+fn request<T>(message: T, timeout: Duration, address: Option<&MetadataValue<Ascii>>) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    if let Some(address) = address {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", address.clone());
+    }
+    request
+}
+
 /// How long an overloaded server asked callers to wait (`google.rpc.RetryInfo`).
 fn retry_delay(status: &Status) -> Duration {
     status
@@ -421,15 +453,11 @@ async fn call(
     op: Op,
     timeout: Duration,
 ) -> Result<(), Status> {
-    fn timed<T>(message: T, timeout: Duration) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(timeout);
-        request
-    }
+    let seed = seeds.pick();
+    let address = seed.address.as_ref();
     let authenticate = |credentials| pb::AuthenticateRequest {
         credentials: Some(credentials),
     };
-    let seed = seeds.pick();
     match op {
         Op::Password | Op::PasswordPolite => {
             let credentials = Credentials::Password(pb::PasswordCredentials {
@@ -437,31 +465,33 @@ async fn call(
                 password: SEED_PASSWORD.into(),
             });
             client
-                .authenticate(timed(authenticate(credentials), timeout))
+                .authenticate(request(authenticate(credentials), timeout, address))
                 .await?;
         }
         Op::ApiToken => {
             let credentials = Credentials::Token(seed.api_token.clone());
             client
-                .authenticate(timed(authenticate(credentials), timeout))
+                .authenticate(request(authenticate(credentials), timeout, address))
                 .await?;
         }
         Op::SessionToken => {
             let credentials = Credentials::Token(seed.session_token.clone());
             client
-                .authenticate(timed(authenticate(credentials), timeout))
+                .authenticate(request(authenticate(credentials), timeout, address))
                 .await?;
         }
         Op::CreateUser => {
-            let request = pb::CreateUserRequest {
+            let message = pb::CreateUserRequest {
                 email: seeds.new_email(),
                 password: SEED_PASSWORD.into(),
                 ..Default::default()
             };
-            client.create_user(timed(request, timeout)).await?;
+            client
+                .create_user(request(message, timeout, address))
+                .await?;
         }
         Op::InviteLink => {
-            let mut request = timed(pb::GetInviteLinkRequest {}, timeout);
+            let mut request = request(pb::GetInviteLinkRequest {}, timeout, address);
             request
                 .metadata_mut()
                 .insert("authorization", seed.api_auth.clone());

@@ -109,6 +109,12 @@ struct Args {
     /// `verify_password` does, to show what reusing it gains.
     #[arg(long)]
     hash_allocating: bool,
+    /// Send every call from this machine's address, as clients reaching the server without a
+    /// gateway. By default the servers trust 127.0.0.1 as a gateway and each seeded user's
+    /// calls carry their own `x-forwarded-for` address, as behind a real gateway, so the
+    /// per-address throttle sees many users rather than one.
+    #[arg(long)]
+    one_address: bool,
     /// Skip measuring the limits (ratios are then not printed).
     #[arg(long)]
     no_limits: bool,
@@ -236,6 +242,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 max_concurrent: args.max_concurrent,
                 max_waiting: args.max_waiting,
                 db_connections: args.db_connections,
+                gateway: !args.one_address,
             })
             .await?
         }
@@ -256,7 +263,15 @@ async fn drive(
     let target = Target::connect(cluster.addrs(), args.connections).await?;
     report.idle_rss = cluster.rss().map(|rss| rss.current);
     eprintln!("seeding {} accounts", args.users);
-    let seeds = Arc::new(load::seed(&target, args.users, secs_ms(args.timeout_ms)).await?);
+    let seeds = Arc::new(
+        load::seed(
+            &target,
+            args.users,
+            secs_ms(args.timeout_ms),
+            !args.one_address,
+        )
+        .await?,
+    );
     report.seed_rss = cluster.rss().map(|rss| rss.current);
 
     if !args.no_limits {
