@@ -423,18 +423,15 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let mut rows = Vec::with_capacity(keys.len());
         for (key, rule) in &keys {
-            sqlx::query(
+            // One statement creates or locks the row: a separate insert and `SELECT … FOR
+            // UPDATE` find no row when a concurrent success deletes it in between.
+            let row = sqlx::query(
                 "INSERT INTO throttle (key, failures, updated_at) VALUES ($1, 0, $2) \
-                 ON CONFLICT (key) DO NOTHING",
+                 ON CONFLICT (key) DO UPDATE SET failures = throttle.failures \
+                 RETURNING failures, blocked_until, updated_at",
             )
             .bind(key.as_str())
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let row = sqlx::query(
-                "SELECT failures, blocked_until, updated_at FROM throttle WHERE key = $1 FOR UPDATE",
-            )
-            .bind(key.as_str())
             .fetch_one(&mut *tx)
             .await?;
             let state = ThrottleState {
