@@ -477,6 +477,9 @@ impl Accounts {
             ThrottleKey::new("login-email", email.as_str()),
             throttle.login_per_email,
         );
+        // A place in the hashing queue first: a login the pool can't take is refused before
+        // it costs a database write, and an overload never counts as a failed attempt.
+        let ticket = self.hasher.ticket()?;
         self.admit(
             ctx,
             "login",
@@ -486,7 +489,10 @@ impl Accounts {
         .await?;
         let record = self.store.login_record(&email).await?;
         let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
-        let verdict = self.hasher.verify(stored, &password, ctx.deadline).await?;
+        let verdict = self
+            .hasher
+            .verify_with_ticket(ticket, stored, &password, ctx.deadline)
+            .await?;
         let record = match (record, verdict) {
             (Some(record), Verdict::Match | Verdict::MatchNeedsRehash) if record.is_active => {
                 record

@@ -16,7 +16,10 @@ use std::{
 };
 
 use argon2::{Params, Version, password_hash::phc::PasswordHash};
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 use crate::{config::Argon2Settings, domain::Password};
 
@@ -52,6 +55,12 @@ pub struct HashLoad {
     pub computed: u64,
 }
 
+/// A place in the hashing queue (see [`PasswordHasher::ticket`]); freed when dropped.
+#[derive(Debug)]
+pub struct HashTicket {
+    _permit: OwnedSemaphorePermit,
+}
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
@@ -62,7 +71,7 @@ struct Inner {
     /// argon2 working memory, kept between hashes so resident memory stays bounded.
     memory: memory::Memory,
     running: Semaphore,
-    admitted: Semaphore,
+    admitted: Arc<Semaphore>,
     max_concurrent: usize,
     max_waiting: usize,
     /// Hashes computed so far, for metrics.
@@ -93,7 +102,7 @@ impl PasswordHasher {
                 params,
                 memory,
                 running: Semaphore::new(max_concurrent),
-                admitted: Semaphore::new(max_concurrent + settings.max_waiting),
+                admitted: Arc::new(Semaphore::new(max_concurrent + settings.max_waiting)),
                 max_concurrent,
                 max_waiting: settings.max_waiting,
                 computed: AtomicU64::new(0),
@@ -128,12 +137,45 @@ impl PasswordHasher {
         password: &Password,
         deadline: Option<Instant>,
     ) -> Result<Verdict, HashError> {
+        self.verify_admitted(None, stored, password, deadline).await
+    }
+
+    /// A place in the hashing queue, taken before a login spends anything else, so that a
+    /// login the pool can't take is refused before it costs a database write.
+    pub fn ticket(&self) -> Result<HashTicket, HashError> {
+        self.inner
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| HashTicket { _permit: permit })
+            .map_err(|_| HashError::Overloaded)
+    }
+
+    /// `verify` in the place `ticket` holds.
+    pub async fn verify_with_ticket(
+        &self,
+        ticket: HashTicket,
+        stored: Option<&str>,
+        password: &Password,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, HashError> {
+        self.verify_admitted(Some(ticket), stored, password, deadline)
+            .await
+    }
+
+    async fn verify_admitted(
+        &self,
+        ticket: Option<HashTicket>,
+        stored: Option<&str>,
+        password: &Password,
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, HashError> {
         let known = stored.is_some();
         let stored = stored.unwrap_or(&self.inner.dummy_hash).to_owned();
         let inner = self.inner.clone();
         let password = password.clone();
         let verdict = self
-            .run(deadline, move || {
+            .run_admitted(ticket, deadline, move || {
                 Ok(verify_blocking(
                     &inner.memory,
                     &inner.params,
@@ -163,11 +205,23 @@ impl PasswordHasher {
         T: Send + 'static,
         F: FnOnce() -> Result<T, HashError> + Send + 'static,
     {
-        let _admitted = self
-            .inner
-            .admitted
-            .try_acquire()
-            .map_err(|_| HashError::Overloaded)?;
+        self.run_admitted(None, deadline, work).await
+    }
+
+    async fn run_admitted<T, F>(
+        &self,
+        ticket: Option<HashTicket>,
+        deadline: Option<Instant>,
+        work: F,
+    ) -> Result<T, HashError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, HashError> + Send + 'static,
+    {
+        let _admitted = match ticket {
+            Some(ticket) => ticket,
+            None => self.ticket()?,
+        };
         if let Some(deadline) = deadline {
             // Refuse at once when the expected wait plus the hash would overrun the deadline.
             let inner = &self.inner;
@@ -337,6 +391,26 @@ mod tests {
             hasher.verify(Some(huge), &password, None).await.unwrap(),
             Verdict::Mismatch
         );
+    }
+
+    #[tokio::test]
+    async fn a_ticket_holds_its_place_in_the_queue_until_its_hash_is_done() {
+        let hasher = PasswordHasher::new(&Argon2Settings {
+            max_waiting: 0,
+            ..settings(64)
+        })
+        .unwrap();
+        let ticket = hasher.ticket().unwrap();
+        assert!(matches!(hasher.ticket(), Err(HashError::Overloaded)));
+        let password = Password::parse("correct horse").unwrap();
+        assert_eq!(
+            hasher
+                .verify_with_ticket(ticket, None, &password, None)
+                .await
+                .unwrap(),
+            Verdict::Mismatch
+        );
+        assert!(hasher.ticket().is_ok());
     }
 
     #[tokio::test]
