@@ -337,11 +337,15 @@ pub async fn run(
             let own = worker.await.context("a caller panicked")??;
             stats.ok += own.ok;
             stats.latencies.merge(&own.latencies)?;
-            for (code, count) in own.errors {
+            for ((code, reason), count) in own.errors {
                 if !plan.op.expects(code) {
                     stats.unexpected += count;
                 }
-                *stats.errors.entry(format!("{code:?}")).or_default() += count;
+                let name = match reason {
+                    Some(reason) => format!("{code:?} {reason}"),
+                    None => format!("{code:?}"),
+                };
+                *stats.errors.entry(name).or_default() += count;
             }
         }
         all.push(stats);
@@ -359,7 +363,7 @@ pub async fn run(
 struct Own {
     ok: u64,
     latencies: Latencies,
-    errors: std::collections::HashMap<Code, u64>,
+    errors: std::collections::HashMap<(Code, Option<String>), u64>,
 }
 
 async fn worker(
@@ -395,7 +399,8 @@ async fn worker(
             Ok(()) => {}
             Err(status) => {
                 if counted {
-                    *own.errors.entry(status.code()).or_default() += 1;
+                    let reason = status.get_details_error_info().map(|info| info.reason);
+                    *own.errors.entry((status.code(), reason)).or_default() += 1;
                 }
                 if op == Op::PasswordPolite && status.code() == Code::ResourceExhausted {
                     let wake = Instant::now() + retry_delay(&status);
