@@ -184,6 +184,13 @@ impl Cluster {
         }
     }
 
+    /// The name of the Postgres database the servers use, if they use one.
+    pub fn database_name(&self) -> Option<String> {
+        self.database_url()
+            .filter(|url| url.starts_with("postgres"))
+            .and_then(|url| crate::limits::database_name(&url).map(str::to_owned))
+    }
+
     /// Process ids of the servers started (none for an external server).
     pub fn pids(&self) -> Vec<u32> {
         self.servers

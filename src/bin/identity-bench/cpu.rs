@@ -13,8 +13,10 @@ pub struct CpuTimes {
 }
 
 impl CpuTimes {
-    /// Reads the CPU time of `servers`, of this process and of every process named `postgres`.
-    pub fn now(servers: &[u32]) -> Self {
+    /// Reads the CPU time of `servers`, of this process and of Postgres: its background
+    /// processes and the backends serving `database` (all backends when it is None), so that
+    /// other clients of the same Postgres server are not counted.
+    pub fn now(servers: &[u32], database: Option<&str>) -> Self {
         let tick = clock_tick();
         let server = servers
             .iter()
@@ -34,9 +36,12 @@ impl CpuTimes {
             })
             .filter_map(|entry| {
                 let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                (command_name(&stat)? == "postgres")
-                    .then(|| ticks(&stat))
-                    .flatten()
+                if command_name(&stat)? != "postgres" {
+                    return None;
+                }
+                let title =
+                    std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default();
+                counts(&title, database).then(|| ticks(&stat)).flatten()
             })
             .sum::<u64>();
         Self {
@@ -52,6 +57,21 @@ impl CpuTimes {
             server: self.server.saturating_sub(earlier.server),
             client: self.client.saturating_sub(earlier.client),
             postgres: self.postgres.saturating_sub(earlier.postgres),
+        }
+    }
+}
+
+/// Whether a Postgres process with this title works for `database`: a backend names its
+/// database and client address (`postgres: 15/main: user db 127.0.0.1(5000) idle`), background
+/// processes (WAL writer, checkpointer) name no client and serve every database.
+fn counts(title: &str, database: Option<&str>) -> bool {
+    match database {
+        None => true,
+        Some(database) => {
+            let words: Vec<&str> = title
+                .split(|c: char| c.is_whitespace() || c == '\0')
+                .collect();
+            words.contains(&database) || !title.contains('(')
         }
     }
 }
@@ -102,5 +122,14 @@ mod tests {
         let stat = "42 (postgres: x (y)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
         assert_eq!(command_name(stat), Some("postgres: x (y)"));
         assert_eq!(ticks(stat), Some(300));
+    }
+
+    #[test]
+    fn postgres_backends_count_for_their_own_database_and_background_processes_for_all() {
+        let backend = "postgres: 15/main: postgres bench_1 127.0.0.1(5000) idle";
+        assert!(counts(backend, Some("bench_1")));
+        assert!(!counts(backend, Some("other")));
+        assert!(counts("postgres: 15/main: walwriter ", Some("bench_1")));
+        assert!(counts(backend, None));
     }
 }

@@ -149,6 +149,13 @@ fn verify_into(
     Ok(out.as_slice() == expected.as_bytes())
 }
 
+/// The database a Postgres URL names (the path, without its query).
+pub fn database_name(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let path = rest.split_once('/')?.1;
+    Some(path.split('?').next().unwrap_or(path)).filter(|name| !name.is_empty())
+}
+
 /// `concurrency` tasks each run the store's token lookup (`Store::principal`, the one query
 /// token authentication performs) for random seeded API tokens, through a pool of
 /// `concurrency` connections.
@@ -207,10 +214,14 @@ pub async fn store_limit(
             })
         })
         .collect();
+    let database = database_url
+        .starts_with("postgres")
+        .then(|| database_name(database_url))
+        .flatten();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_from = CpuTimes::now(&[]);
+    let cpu_from = CpuTimes::now(&[], database);
     tokio::time::sleep_until(end.into()).await;
-    let cpu = CpuTimes::now(&[]).since(&cpu_from);
+    let cpu = CpuTimes::now(&[], database).since(&cpu_from);
     let mut total = 0u64;
     let mut errors = 0u64;
     let mut latencies = Latencies::new()?;

@@ -304,15 +304,17 @@ pub async fn run(
         .max()
         .unwrap_or(began);
     let measure_from = began + plans.iter().map(|p| p.warmup).max().unwrap_or_default();
+    let database = cluster.database_name();
     let mut sampled = 0u64;
     let mut cpu_from = None;
     let cpu_spent = loop {
         let now = Instant::now();
         if cpu_from.is_none() && now >= measure_from {
-            cpu_from = Some(CpuTimes::now(&cluster.pids()));
+            cpu_from = Some(CpuTimes::now(&cluster.pids(), database.as_deref()));
         }
         if now >= end {
-            break cpu_from.map(|from| CpuTimes::now(&cluster.pids()).since(&from));
+            break cpu_from
+                .map(|from| CpuTimes::now(&cluster.pids(), database.as_deref()).since(&from));
         }
         if let Some(rss) = cluster.rss() {
             sampled = sampled.max(rss.current);
