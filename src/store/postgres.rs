@@ -325,24 +325,19 @@ impl Store for PostgresStore {
         session: &NewSession,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // One statement, so one round trip and no BEGIN/COMMIT: it is atomic by itself.
         sqlx::query(
-            "DELETE FROM tokens WHERE user_id = $1 AND kind = 'session' AND expires_at <= $2",
+            "WITH expired AS (DELETE FROM tokens \
+             WHERE user_id = $1 AND kind = 'session' AND expires_at <= $2) \
+             INSERT INTO tokens (token_hash, user_id, kind, created_at, expires_at) \
+             VALUES ($3, $1, 'session', $2, $4)",
         )
         .bind(user)
         .bind(now)
-        .execute(&mut *tx)
+        .bind(session.token.as_str())
+        .bind(session.expires_at)
+        .execute(&self.pool)
         .await?;
-        insert_token(
-            &mut tx,
-            user,
-            &session.token,
-            TokenKind::Session,
-            now,
-            Some(session.expires_at),
-        )
-        .await?;
-        tx.commit().await?;
         Ok(())
     }
 
