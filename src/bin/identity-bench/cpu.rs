@@ -51,6 +51,14 @@ impl CpuTimes {
         }
     }
 
+    /// `now` on a blocking thread: scanning `/proc` must not stall the callers sharing the
+    /// runtime's workers, or the benchmark would add latency of its own.
+    pub async fn sample(servers: Vec<u32>, database: Option<String>) -> Self {
+        tokio::task::spawn_blocking(move || Self::now(&servers, database.as_deref()))
+            .await
+            .unwrap_or_default()
+    }
+
     /// What was spent between `earlier` and `self`.
     pub fn since(&self, earlier: &Self) -> Self {
         Self {

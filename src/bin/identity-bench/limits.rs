@@ -219,9 +219,12 @@ pub async fn store_limit(
         .then(|| database_name(database_url))
         .flatten();
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_from = CpuTimes::now(&[], database);
+    let database = database.map(str::to_owned);
+    let cpu_from = CpuTimes::sample(Vec::new(), database.clone()).await;
     tokio::time::sleep_until(end.into()).await;
-    let cpu = CpuTimes::now(&[], database).since(&cpu_from);
+    let cpu = CpuTimes::sample(Vec::new(), database)
+        .await
+        .since(&cpu_from);
     let mut total = 0u64;
     let mut errors = 0u64;
     let mut latencies = Latencies::new()?;

@@ -310,11 +310,17 @@ pub async fn run(
     let cpu_spent = loop {
         let now = Instant::now();
         if cpu_from.is_none() && now >= measure_from {
-            cpu_from = Some(CpuTimes::now(&cluster.pids(), database.as_deref()));
+            cpu_from = Some(CpuTimes::sample(cluster.pids(), database.clone()).await);
         }
         if now >= end {
-            break cpu_from
-                .map(|from| CpuTimes::now(&cluster.pids(), database.as_deref()).since(&from));
+            break match cpu_from {
+                Some(from) => Some(
+                    CpuTimes::sample(cluster.pids(), database.clone())
+                        .await
+                        .since(&from),
+                ),
+                None => None,
+            };
         }
         if let Some(rss) = cluster.rss() {
             sampled = sampled.max(rss.current);
