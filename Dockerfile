@@ -11,7 +11,7 @@ COPY . .
 # copied out in the same step because the mounted target/ is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin label-studio-identity \
+    cargo build --release --locked -p label-studio-identity --bin label-studio-identity \
     && install -D -m 0755 target/release/label-studio-identity /out/label-studio-identity
 
 # Run stage: glibc and libgcc for the Rust binary, and nothing else: no shell,

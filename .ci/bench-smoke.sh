@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --locked --bins
+cargo build --locked --workspace --bins
 bench=${CARGO_TARGET_DIR:-target}/debug/identity-bench
 
 smoke() { # backend, extra flags...
