@@ -21,6 +21,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub throttle: ThrottleSettings,
+    pub audit: AuditSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +64,23 @@ pub struct SignupSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSettings {
     pub ttl_seconds: u64,
+    /// A session unused for this long has ended (Label Studio's MAX_TIME_BETWEEN_ACTIVITY).
+    pub max_idle_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Audit rows older than this many days are deleted (30 at the least).
+    pub retention_days: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 400,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +137,8 @@ pub struct ThrottleSettings {
     pub max_delay_seconds: u64,
     /// Failures older than this are forgotten.
     pub window_seconds: u64,
+    /// Token and invite checks one client address may have in flight on one replica.
+    pub in_flight_per_address: usize,
 }
 
 impl Default for ThrottleSettings {
@@ -131,6 +151,7 @@ impl Default for ThrottleSettings {
             base_delay_ms: 1_000,
             max_delay_seconds: 15 * 60,
             window_seconds: 24 * 60 * 60,
+            in_flight_per_address: 16,
         }
     }
 }
@@ -146,6 +167,7 @@ impl Default for Settings {
             },
             session: SessionSettings {
                 ttl_seconds: 14 * 24 * 60 * 60,
+                max_idle_seconds: 5 * 24 * 60 * 60,
             },
             argon2: Argon2Settings::default(),
             bootstrap: BootstrapSettings::default(),
@@ -157,6 +179,7 @@ impl Default for Settings {
                 port: 9464,
             },
             throttle: ThrottleSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -342,6 +365,18 @@ impl Settings {
         anyhow::ensure!(
             self.session.ttl_seconds > 0,
             "session.ttl_seconds must be positive"
+        );
+        anyhow::ensure!(
+            self.session.max_idle_seconds > 0,
+            "session.max_idle_seconds must be positive"
+        );
+        anyhow::ensure!(
+            self.audit.retention_days >= 30,
+            "audit.retention_days must be at least 30 (the audit trail keeps rows that long)"
+        );
+        anyhow::ensure!(
+            self.throttle.in_flight_per_address > 0,
+            "throttle.in_flight_per_address must be positive"
         );
         anyhow::ensure!(
             self.database.max_connections > 0,

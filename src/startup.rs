@@ -3,6 +3,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -20,8 +21,11 @@ use crate::{
 
 /// How often readiness re-checks the database.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
-/// How often expired sessions and stale throttle rows are deleted.
+/// How often expired sessions, stale throttle rows and old audit rows are deleted, and the
+/// stored password hashes measured again.
 const PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// How often the refusals of throttled clients are written as aggregated audit rows.
+const REFUSALS_INTERVAL: Duration = Duration::from_secs(60);
 /// How long one readiness ping may take before the database counts as away.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -155,6 +159,7 @@ impl Application {
             served = &mut server => return served?.map_err(Into::into),
         };
         readiness.abort();
+        self.accounts.flush_refusals().await;
         set_readiness(&health, ServingStatus::NotServing).await;
         health
             .set_service_status(LIVENESS_SERVICE_NAME, ServingStatus::NotServing)
@@ -190,13 +195,18 @@ pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
     let policy = Policy {
         disable_signup_without_link: settings.signup.disable_without_link,
         session_ttl: chrono::Duration::seconds(saturating_i64(settings.session.ttl_seconds)),
+        session_max_idle: chrono::Duration::seconds(saturating_i64(
+            settings.session.max_idle_seconds,
+        )),
         public_url: settings.server.public_url().map(str::to_owned),
         throttle: ThrottlePolicy {
             login_per_email: rule(throttle.login_failures_per_email),
             login_per_address: rule(throttle.login_failures_per_address),
             token_per_address: rule(throttle.token_failures_per_address),
             invite_per_address: rule(throttle.invite_failures_per_address),
+            in_flight_per_address: throttle.in_flight_per_address,
         },
+        audit_retention: chrono::Duration::days(i64::from(settings.audit.retention_days)),
     };
     Ok(Accounts::new(store, hasher, policy))
 }
@@ -245,7 +255,6 @@ async fn readiness(
     bootstrap: Option<BootstrapAccount>,
 ) -> anyhow::Result<()> {
     migrate(accounts.store()).await?;
-    accounts.mark_ready();
     if let Some(account) = &bootstrap {
         match accounts.bootstrap(account).await {
             Ok(Bootstrapped::Created) => tracing::info!("bootstrap account created"),
@@ -255,8 +264,16 @@ async fn readiness(
             Err(error) => return Err(anyhow::Error::new(error).context("bootstrap failed")),
         }
     }
+    // Before any login is served, so that the first one is already padded right.
+    accounts
+        .calibrate_password_checks()
+        .await
+        .context("measuring the stored password hashes")?;
+    accounts.mark_ready();
+    accounts.purge().await;
     let mut serving = None;
-    let mut last_purge: Option<tokio::time::Instant> = None;
+    let mut last_purge = tokio::time::Instant::now();
+    let mut last_flush = tokio::time::Instant::now();
     loop {
         let up = matches!(
             tokio::time::timeout(PING_TIMEOUT, accounts.store().ping()).await,
@@ -277,9 +294,16 @@ async fn readiness(
             set_readiness(&health, status).await;
             serving = Some(up);
         }
-        if up && last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
-            last_purge = Some(tokio::time::Instant::now());
+        if up && last_flush.elapsed() >= REFUSALS_INTERVAL {
+            last_flush = tokio::time::Instant::now();
+            accounts.flush_refusals().await;
+        }
+        if up && last_purge.elapsed() >= PURGE_INTERVAL {
+            last_purge = tokio::time::Instant::now();
             accounts.purge().await;
+            if let Err(error) = accounts.calibrate_password_checks().await {
+                tracing::warn!(%error, "measuring the stored password hashes failed");
+            }
         }
         tokio::time::sleep(READINESS_INTERVAL).await;
     }

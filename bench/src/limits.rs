@@ -17,7 +17,7 @@ use argon2::{
 };
 use label_studio_identity::{
     domain::TokenHash,
-    store::{PostgresStore, SqliteStore, Store},
+    store::{SqlStore, Store},
 };
 use rand::Rng as _;
 
@@ -170,11 +170,7 @@ pub async fn store_limit(
     let concurrency = concurrency.max(1);
     let connections = u32::try_from(concurrency).unwrap_or(u32::MAX);
     let timeout = Duration::from_secs(5);
-    let store: Arc<dyn Store> = if database_url.starts_with("sqlite:") {
-        Arc::new(SqliteStore::open(database_url, connections, timeout).await?)
-    } else {
-        Arc::new(PostgresStore::connect(database_url, connections, timeout)?)
-    };
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(database_url, connections, timeout).await?);
     let tokens: Arc<Vec<String>> = Arc::new(api_tokens.to_vec());
     let began = Instant::now();
     let measure_from = began + warmup;
@@ -196,8 +192,14 @@ pub async fn store_limit(
                     // lookup, as in the service.
                     let throttle =
                         label_studio_identity::domain::ThrottleKey::new("token-addr", "127.0.0.1");
+                    let now = chrono::Utc::now();
                     let found = store
-                        .principal(&TokenHash::of(token), Some(&throttle), chrono::Utc::now())
+                        .principal(
+                            &TokenHash::of(token),
+                            Some(&throttle),
+                            now,
+                            now - chrono::Duration::days(5),
+                        )
                         .await;
                     let answered = Instant::now();
                     if sent >= measure_from && answered <= end {

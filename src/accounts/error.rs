@@ -11,8 +11,15 @@ pub enum AccountsError {
     },
     #[error("an account with this email already exists")]
     EmailTaken,
+    /// Internal: a chosen API token collided with another. Callers see `UserTokenRejected`.
     #[error("this API token is already in use")]
     UserTokenTaken,
+    /// A chosen API token that is too easy to guess or not available; the answer never tells
+    /// which.
+    #[error(
+        "this user_token can't be used: it is too easy to guess or not available; choose another"
+    )]
+    UserTokenRejected,
     /// The same for an unknown email, a wrong password and an inactive user.
     #[error("invalid email or password")]
     InvalidCredentials,
@@ -50,6 +57,7 @@ impl AccountsError {
             Self::InvalidField { error, .. } => error.reason,
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::UserTokenTaken => "USER_TOKEN_TAKEN",
+            Self::UserTokenRejected => "USER_TOKEN_REJECTED",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::TokenInvalid => "TOKEN_INVALID",
             Self::CredentialsMissing => "CREDENTIALS_MISSING",

@@ -6,6 +6,8 @@ use super::ParseError;
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
+/// Longest password a login checks.
+pub const MAX_LOGIN_PASSWORD_CHARS: usize = 4096;
 
 /// A password of acceptable length. It never appears in `Debug` output or logs.
 #[derive(Clone)]
@@ -24,6 +26,25 @@ impl Password {
             ));
         }
         Ok(Self(SecretString::from(input)))
+    }
+
+    /// A password typed at login: checked against the stored hash whatever its length, since
+    /// Label Studio's CLI and its `reset_password` set passwords of any length. Only the empty
+    /// one and one longer than any hash input worth computing are refused.
+    pub fn for_login(input: &str) -> Result<Self, ParseError> {
+        let chars = input.chars().take(MAX_LOGIN_PASSWORD_CHARS + 1).count();
+        if !(1..=MAX_LOGIN_PASSWORD_CHARS).contains(&chars) {
+            return Err(ParseError::new(
+                "PASSWORD_LENGTH",
+                format!("password must be 1 to {MAX_LOGIN_PASSWORD_CHARS} characters long"),
+            ));
+        }
+        Ok(Self(SecretString::from(input)))
+    }
+
+    /// Whether the password would be accepted if it were being set now.
+    pub fn meets_policy(&self) -> bool {
+        Self::parse(self.expose()).is_ok()
     }
 
     pub fn expose(&self) -> &str {
@@ -50,6 +71,15 @@ mod tests {
         // 128 four-byte characters are 512 bytes and still a valid password.
         assert!(Password::parse(&"🔑".repeat(128)).is_ok());
         assert!(Password::parse(&"🔑".repeat(7)).is_err());
+    }
+
+    #[test]
+    fn a_login_takes_any_length_the_policy_would_refuse() {
+        let short = Password::for_login("abc").unwrap();
+        assert!(!short.meets_policy());
+        assert!(Password::for_login("correct horse").unwrap().meets_policy());
+        assert!(Password::for_login("").is_err());
+        assert!(Password::for_login(&"x".repeat(MAX_LOGIN_PASSWORD_CHARS + 1)).is_err());
     }
 
     #[test]

@@ -99,6 +99,10 @@ impl UserToken {
         }
         Ok(Self(SecretString::from(input)))
     }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
 }
 
 /// A session token: 64 lowercase hex characters (256 random bits).

@@ -268,7 +268,7 @@ impl IdentityService for IdentityApi {
         observed(&self.metrics, "GetInviteLink", async {
             let ctx = self.context(&request);
             let caller = self.caller(&request, &ctx).await?;
-            Ok(self.accounts.invite_link(&caller).await?.into())
+            Ok(self.accounts.invite_link(&caller, &ctx).await?.into())
         })
         .await
     }

@@ -14,7 +14,7 @@ pub const ERROR_DOMAIN: &str = "identity.labelstudio";
 pub fn code(error: &AccountsError) -> Code {
     use AccountsError as E;
     match error {
-        E::InvalidField { .. } => Code::InvalidArgument,
+        E::InvalidField { .. } | E::UserTokenRejected => Code::InvalidArgument,
         E::EmailTaken | E::UserTokenTaken => Code::AlreadyExists,
         E::InvalidCredentials
         | E::TokenInvalid
@@ -41,6 +41,9 @@ impl From<AccountsError> for Status {
             } => {
                 details.add_bad_request_violation(*field, cause.message.clone());
             }
+            AccountsError::UserTokenRejected => {
+                details.add_bad_request_violation("user_token", error.to_string());
+            }
             AccountsError::Overloaded => {
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             }
@@ -49,8 +52,11 @@ impl From<AccountsError> for Status {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 details.set_retry_info(Some(std::time::Duration::from_secs(seconds.max(1))));
             }
-            AccountsError::Unavailable(Some(cause)) => {
-                tracing::warn!(error = ?cause, "database unavailable");
+            AccountsError::Unavailable(cause) => {
+                if let Some(cause) = cause {
+                    tracing::warn!(error = ?cause, "database unavailable");
+                }
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
             }
             AccountsError::Unexpected(cause) => {
                 tracing::error!(error = ?cause, "unexpected error");

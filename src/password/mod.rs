@@ -78,6 +78,12 @@ struct Inner {
     computed: AtomicU64,
     /// Running average of one hash's duration, to refuse work that can't meet its deadline.
     average_nanos: AtomicU64,
+    /// Running average of one computation with the current parameters: every password check
+    /// takes at least this long, whatever the stored hash.
+    current_nanos: AtomicU64,
+    /// What the costliest stored hash of another kind takes to check (see
+    /// [`PasswordHasher::set_floor`]): checks are padded to it too.
+    floor_nanos: AtomicU64,
     /// A hash of a random password with the current parameters: unknown emails are verified
     /// against it so they spend the same work as known ones.
     dummy_hash: String,
@@ -107,6 +113,8 @@ impl PasswordHasher {
                 max_waiting: settings.max_waiting,
                 computed: AtomicU64::new(0),
                 average_nanos: AtomicU64::new(0),
+                current_nanos: AtomicU64::new(0),
+                floor_nanos: AtomicU64::new(0),
                 dummy_hash,
             }),
         })
@@ -121,10 +129,13 @@ impl PasswordHasher {
         let inner = self.inner.clone();
         let password = password.clone();
         self.run(deadline, move || {
-            inner
+            let started = std::time::Instant::now();
+            let hash = inner
                 .memory
                 .hash(password.expose())
-                .map_err(HashError::Unexpected)
+                .map_err(HashError::Unexpected);
+            record_average(&inner.current_nanos, started.elapsed());
+            hash
         })
         .await
     }
@@ -163,6 +174,10 @@ impl PasswordHasher {
             .await
     }
 
+    /// Checks the password, then waits until the check has taken as long as one with the
+    /// current parameters and as long as the costliest stored hash: a hash with older, cheaper
+    /// parameters, an imported one and a missing one all answer after the same time. The wait
+    /// holds no hashing slot.
     async fn verify_admitted(
         &self,
         ticket: Option<HashTicket>,
@@ -174,17 +189,74 @@ impl PasswordHasher {
         let stored = stored.unwrap_or(&self.inner.dummy_hash).to_owned();
         let inner = self.inner.clone();
         let password = password.clone();
-        let verdict = self
+        let (verdict, started) = self
             .run_admitted(ticket, deadline, move || {
-                Ok(verify_blocking(
-                    &inner.memory,
-                    &inner.params,
-                    &stored,
-                    password.expose(),
-                ))
+                let started = Instant::now();
+                let (verdict, current) =
+                    verify_blocking(&inner.memory, &inner.params, &stored, password.expose());
+                if current {
+                    record_average(&inner.current_nanos, started.elapsed());
+                }
+                Ok((verdict, started))
             })
             .await?;
+        tokio::time::sleep_until(started + self.padded_cost()).await;
         Ok(if known { verdict } else { Verdict::Mismatch })
+    }
+
+    /// How long every password check takes at least.
+    pub fn padded_cost(&self) -> Duration {
+        let inner = &self.inner;
+        Duration::from_nanos(
+            inner
+                .current_nanos
+                .load(Ordering::Relaxed)
+                .max(inner.floor_nanos.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Pads every check to at least `floor` (what the costliest stored hash of another kind
+    /// takes, as [`PasswordHasher::measure`] found).
+    pub fn set_floor(&self, floor: Duration) {
+        self.inner.floor_nanos.store(
+            u64::try_from(floor.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The start of every hash made with the current parameters.
+    pub fn current_prefix(&self) -> String {
+        let params = &self.inner.params;
+        format!(
+            "$argon2id$v=19$m={},t={},p={}$",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        )
+    }
+
+    /// The longest any of these stored hashes takes to check, each checked once on a
+    /// blocking thread (a wrong password costs what a right one does).
+    pub async fn measure(&self, samples: Vec<String>) -> Result<Duration, HashError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            samples
+                .iter()
+                .map(|stored| {
+                    let started = std::time::Instant::now();
+                    let _ = verify_blocking(
+                        &inner.memory,
+                        &inner.params,
+                        stored,
+                        "a password no account has",
+                    );
+                    started.elapsed()
+                })
+                .max()
+                .unwrap_or_default()
+        })
+        .await
+        .map_err(|e| HashError::Unexpected(e.to_string()))
     }
 
     /// Hashes running and waiting right now, and computed so far, for metrics.
@@ -257,20 +329,37 @@ impl PasswordHasher {
 }
 
 impl Inner {
-    /// Counts a finished hash and folds its duration into the running average (1/8 weight).
+    /// Counts a finished hash and folds its duration into the running average.
     fn record(&self, took: Duration) {
         self.computed.fetch_add(1, Ordering::Relaxed);
-        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
-            .average_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
-                Some(if average == 0 {
-                    took
-                } else {
-                    average - average / 8 + took / 8
-                })
-            });
+        record_average(&self.average_nanos, took);
     }
+}
+
+/// Folds a duration into a running average (1/8 weight).
+fn record_average(average: &AtomicU64, took: Duration) {
+    let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+    let _ = average.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+        Some(if average == 0 {
+            took
+        } else {
+            average - average / 8 + took / 8
+        })
+    });
+}
+
+/// What a stored hash's cost depends on, without its salt and digest: `pbkdf2_sha256$1000000`,
+/// `$argon2id$v=19$m=19456,t=2,p=1`, `bcrypt_sha256$$2b$12`. Hashes of one kind cost the same
+/// to check.
+pub fn cost_kind(stored: &str) -> String {
+    let fields: Vec<&str> = stored.split('$').collect();
+    // bcrypt keeps its salt and digest in one field; the others in two.
+    let keep = if stored.starts_with("bcrypt") {
+        fields.len().saturating_sub(1)
+    } else {
+        fields.len().saturating_sub(2)
+    };
+    fields[..keep].join("$")
 }
 
 /// Runs hashing threads at a lower CPU priority, so that under a flood of logins the async
@@ -294,43 +383,48 @@ fn lower_thread_priority() {
     });
 }
 
+/// Checks a password against a stored hash; also tells whether the hash has the current
+/// parameters (so its cost is the current cost).
 fn verify_blocking(
     memory: &memory::Memory,
     current: &Params,
     stored: &str,
     password: &str,
-) -> Verdict {
+) -> (Verdict, bool) {
     // Hashes imported from Label Studio: replaced by argon2id once they match.
     match django::verify(stored, password) {
-        Some(true) => return Verdict::MatchNeedsRehash,
-        Some(false) => return Verdict::Mismatch,
+        Some(true) => return (Verdict::MatchNeedsRehash, false),
+        Some(false) => return (Verdict::Mismatch, false),
         None => {}
     }
     let Ok(parsed) = PasswordHash::new(stored) else {
-        return Verdict::Mismatch;
+        return (Verdict::Mismatch, false);
     };
     let Ok(stored_params) = Params::try_from(&parsed) else {
-        return Verdict::Mismatch;
+        return (Verdict::Mismatch, false);
     };
     if stored_params.m_cost() > MAX_STORED_MEMORY_KIB
         || stored_params.t_cost() > MAX_STORED_ITERATIONS
         || stored_params.p_cost() > MAX_STORED_PARALLELISM
     {
-        return Verdict::Mismatch;
-    }
-    if !memory.verify(&parsed, password) {
-        return Verdict::Mismatch;
+        return (Verdict::Mismatch, false);
     }
     let same = parsed.algorithm.as_str() == "argon2id"
         && parsed.version == Some(Version::V0x13.into())
         && stored_params.m_cost() == current.m_cost()
         && stored_params.t_cost() == current.t_cost()
         && stored_params.p_cost() == current.p_cost();
-    if same {
-        Verdict::Match
-    } else {
-        Verdict::MatchNeedsRehash
+    if !memory.verify(&parsed, password) {
+        return (Verdict::Mismatch, same);
     }
+    (
+        if same {
+            Verdict::Match
+        } else {
+            Verdict::MatchNeedsRehash
+        },
+        same,
+    )
 }
 
 #[cfg(test)]

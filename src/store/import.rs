@@ -15,12 +15,8 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 
-use super::{
-    PostgresStore, SqliteStore, StoreError, import_postgres::PostgresImport,
-    import_sqlite::SqliteImport,
-};
+use super::{SqlStore, StoreError, import_postgres::PostgresImport, import_sqlite::SqliteImport};
 use crate::{
     config::Settings,
     domain::{Email, InviteToken, OrganizationId, PersonName, TokenHash, UserId, Username},
@@ -160,31 +156,15 @@ pub async fn connect(
 ) -> anyhow::Result<Arc<dyn LabelStudioImport>> {
     let acquire_timeout = Duration::from_millis(settings.database.acquire_timeout_ms);
     let max_connections = settings.database.max_connections;
-    let url = match settings
-        .database
-        .url
-        .as_ref()
-        .map(|url| url.expose_secret().to_owned())
-    {
-        Some(url) => url,
-        None => {
-            let dir = settings.data_dir();
-            if access == Access::Write {
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
-                })?;
-            }
-            format!("sqlite://{}", dir.join("identity.sqlite3").display())
-        }
-    };
+    let url = super::database_url(settings, access == Access::Write)?;
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(&url, max_connections, acquire_timeout)?;
-        Ok(Arc::new(PostgresImport::new(store, access)))
+        let store = SqlStore::open(&url, max_connections, acquire_timeout).await?;
+        Ok(Arc::new(PostgresImport::new(store, access)?))
     } else if url.starts_with("sqlite:") {
         let import = match access {
             Access::Write => SqliteImport::writing(
-                SqliteStore::open(&url, max_connections, acquire_timeout).await?,
-            ),
+                SqlStore::open(&url, max_connections, acquire_timeout).await?,
+            )?,
             Access::ReadOnly => SqliteImport::reading(&url, acquire_timeout).await?,
         };
         Ok(Arc::new(import))

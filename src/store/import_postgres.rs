@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{
-    PostgresStore, Store, StoreError,
+    Maintenance, SqlStore, StoreError,
     import::{
         Access, Existing, ImportTransaction, ImportedMembership, ImportedOrganization,
         ImportedToken, ImportedUser, LabelStudioImport, LabelStudioKey, Lookup, in_row_order,
@@ -21,17 +21,26 @@ use crate::domain::{OrganizationId, UserId};
 const IMPORT_LOCK: i64 = 0x6c73_6964_696d_7074;
 
 pub struct PostgresImport {
-    store: PostgresStore,
+    store: SqlStore,
+    pool: PgPool,
     access: Access,
 }
 
 impl PostgresImport {
-    pub(crate) fn new(store: PostgresStore, access: Access) -> Self {
-        Self { store, access }
+    pub(crate) fn new(store: SqlStore, access: Access) -> anyhow::Result<Self> {
+        let pool = store
+            .postgres_pool()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("not a Postgres store"))?;
+        Ok(Self {
+            store,
+            pool,
+            access,
+        })
     }
 
     fn pool(&self) -> &PgPool {
-        self.store.pool()
+        &self.pool
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{
 };
 
 use super::{
-    SqliteStore, Store, StoreError,
+    Maintenance, SqlStore, StoreError,
     import::{
         Existing, ImportTransaction, ImportedMembership, ImportedOrganization, ImportedToken,
         ImportedUser, LabelStudioImport, LabelStudioKey, Lookup, in_row_order, sqlite_file_exists,
@@ -25,15 +25,19 @@ use crate::domain::{OrganizationId, UserId};
 pub struct SqliteImport {
     pool: SqlitePool,
     /// The store, when the import writes; `None` for a dry run.
-    store: Option<SqliteStore>,
+    store: Option<SqlStore>,
 }
 
 impl SqliteImport {
-    pub(crate) fn writing(store: SqliteStore) -> Self {
-        Self {
-            pool: store.pool().clone(),
+    pub(crate) fn writing(store: SqlStore) -> anyhow::Result<Self> {
+        let pool = store
+            .sqlite_pool()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("not a SQLite store"))?;
+        Ok(Self {
+            pool,
             store: Some(store),
-        }
+        })
     }
 
     /// Opens the database read-only, or an empty one in memory when the file does not exist,

@@ -1,11 +1,22 @@
 //! The storage contract and its two backends: Postgres for production, embedded SQLite by
-//! default. Both pass the same test suite; uniqueness is enforced by the database itself.
+//! default. One implementation serves both ([`db`]): a statement is written once unless the
+//! dialects must differ. Both pass the same test suite; uniqueness is enforced by the database.
+//!
+//! The contract is shaped by what each call needs, so that the hot paths cost few round trips:
+//! a password login is one statement to admit it and read the account, and one to record its
+//! outcome; a token check is one read.
 
+mod accounts;
+mod audit;
+pub(crate) mod db;
 pub mod import;
 mod import_postgres;
 mod import_sqlite;
-mod postgres;
-mod sqlite;
+mod login;
+mod maintenance;
+mod private;
+mod throttle;
+mod tokens;
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +32,7 @@ use crate::{
     },
 };
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+use db::Conn;
 
 /// Which unique value a write collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,38 +56,6 @@ pub enum StoreError {
     Unexpected(#[source] anyhow::Error),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        use sqlx::Error as E;
-        match &error {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                Self::Unavailable(error)
-            }
-            E::Database(db) if db.is_unique_violation() => {
-                let name = db.constraint().unwrap_or(db.message()).to_ascii_lowercase();
-                if name.contains("email") {
-                    Self::Conflict(Unique::Email)
-                } else if name.contains("invite") {
-                    Self::Conflict(Unique::InviteToken)
-                } else if name.contains("token") {
-                    Self::Conflict(Unique::Token)
-                } else {
-                    Self::Unexpected(error.into())
-                }
-            }
-            // Postgres connection failures (class 08), shutdowns and recovery (57P01..57P03).
-            E::Database(db)
-                if db
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
-            {
-                Self::Unavailable(error)
-            }
-            _ => Self::Unexpected(error.into()),
-        }
-    }
-}
-
 /// Which organization a new account joins.
 #[derive(Debug, Clone)]
 pub enum Joining {
@@ -89,7 +67,7 @@ pub enum Joining {
     Invite(InviteToken),
 }
 
-/// Everything a new account is made of, written in one transaction.
+/// Everything a new account is made of, written in one transaction with its audit event.
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub email: Email,
@@ -109,12 +87,14 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What a password login needs: the account, its hash and whether it may log in.
+/// What a password login needs: the account, its hash, whether it may log in, and the
+/// generation of its credential, which must still be current when the session starts.
 #[derive(Debug, Clone)]
 pub struct LoginRecord {
     pub account: Account,
     pub password_hash: Option<String>,
     pub is_active: bool,
+    pub credential_version: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,13 +104,6 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Api => "api",
-            Self::Session => "session",
-        }
-    }
-
     fn parse(kind: &str) -> Result<Self, StoreError> {
         match kind {
             "api" => Ok(Self::Api),
@@ -143,7 +116,7 @@ impl TokenKind {
 }
 
 /// A security event for the append-only audit trail. Never a password or a token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct AuditEvent<'a> {
     pub at: DateTime<Utc>,
     pub event: &'static str,
@@ -152,16 +125,55 @@ pub struct AuditEvent<'a> {
     pub email: Option<&'a str>,
     pub client: &'a str,
     pub reason: Option<&'static str>,
+    /// How many refusals this row stands for (aggregated rows); 1 for everything else.
+    pub count: u32,
 }
 
-/// Whether an attempt may go ahead under the throttle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Go ahead; the attempt is already counted as a failure until it succeeds.
-    Admitted,
+/// A password login about to be checked: counted on its email, refused while the email or
+/// the client's address is blocked.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginAttempt<'a> {
+    pub email: &'a Email,
+    pub email_key: &'a ThrottleKey,
+    pub email_rule: ThrottleRule,
+    pub address_key: &'a ThrottleKey,
+    pub now: DateTime<Utc>,
+}
+
+/// The answer to a [`LoginAttempt`].
+#[derive(Debug, Clone)]
+pub enum LoginAdmission {
+    /// Go ahead: the attempt counts against its email until it succeeds. The account, when
+    /// one has the email.
+    Admitted(Option<Box<LoginRecord>>),
     Blocked {
         until: DateTime<Utc>,
     },
+}
+
+/// A verified login: starts the session unless the credential changed since it was read.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginSuccess<'a> {
+    pub user: UserId,
+    pub credential_version: i64,
+    /// The hash the password was verified against, and its replacement with the current
+    /// parameters if any: the replacement only lands on that very hash.
+    pub verified_hash: &'a str,
+    pub new_hash: Option<&'a str>,
+    pub session: &'a NewSession,
+    /// The email's throttle key, cleared by the success.
+    pub email_key: &'a ThrottleKey,
+    pub email: &'a str,
+    pub client: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// A failed attempt: counted on its key, with its audit event, in one write.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    pub key: &'a ThrottleKey,
+    pub rule: ThrottleRule,
+    pub audit: &'a AuditEvent<'a>,
 }
 
 /// What token authentication reads in its one lookup: the token's owner, and how long the
@@ -172,56 +184,13 @@ pub struct TokenLookup {
     pub blocked_until: Option<DateTime<Utc>>,
 }
 
-/// A throttle row as read under its lock.
-#[derive(Debug, Clone)]
-pub(crate) struct ThrottleState {
-    pub failures: i64,
-    pub blocked_until: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A throttle row's new failure count and block.
-pub(crate) type ThrottleUpdate = (i64, Option<DateTime<Utc>>);
-
-/// Decides an admission from the locked rows: blocked while any key is (the error is until
-/// when), otherwise every key counts one more failure.
-pub(crate) fn admit(
-    rows: &[(ThrottleRule, ThrottleState)],
-    now: DateTime<Utc>,
-) -> Result<Vec<ThrottleUpdate>, DateTime<Utc>> {
-    if let Some(until) = rows
-        .iter()
-        .filter_map(|(_, state)| state.blocked_until)
-        .filter(|until| *until > now)
-        .max()
-    {
-        return Err(until);
-    }
-    Ok(rows
-        .iter()
-        .map(|(rule, state)| {
-            let previous = u32::try_from(state.failures).unwrap_or(0);
-            let failures = rule
-                .carried_failures(previous, state.updated_at, now)
-                .saturating_add(1);
-            (i64::from(failures), rule.blocked_until(failures, now))
-        })
-        .collect())
-}
-
-/// Sorts and de-duplicates keys, so that transactions lock them in one order.
-pub(crate) fn lock_order(keys: &[(ThrottleKey, ThrottleRule)]) -> Vec<(ThrottleKey, ThrottleRule)> {
-    let mut keys = keys.to_vec();
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    keys.dedup_by(|a, b| a.0 == b.0);
-    keys
-}
-
 /// The user a token belongs to, and what kind of token it is.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub account: Account,
     pub kind: TokenKind,
+    /// When a session was last seen in use (recorded about once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Connections of the store's pool, for metrics.
@@ -231,41 +200,90 @@ pub struct PoolStats {
     pub idle: usize,
 }
 
-/// The storage contract. Every multi-row write is one transaction.
+/// What [`Maintenance::purge`] deletes.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeBefore {
+    pub now: DateTime<Utc>,
+    /// Sessions unused since then.
+    pub idle_since: DateTime<Utc>,
+    /// Throttle rows untouched since then (and not blocked).
+    pub throttle_since: DateTime<Utc>,
+    /// Audit rows older than that.
+    pub audit_since: DateTime<Utc>,
+}
+
+/// Accounts and the organization they join.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    fn pool_stats(&self) -> PoolStats;
-    /// Brings the schema up to date; safe when several replicas start at once.
-    async fn migrate(&self) -> Result<(), StoreError>;
-    /// Answers whether the database can be reached right now.
-    async fn ping(&self) -> Result<(), StoreError>;
+pub trait AccountStore {
     async fn email_exists(&self, email: &Email) -> Result<bool, StoreError>;
     /// The organization holding this current invite token, if any.
     async fn organization_by_invite(
         &self,
         token: &InviteToken,
     ) -> Result<Option<Organization>, StoreError>;
-    /// Creates the user with their membership, API token and optional session.
-    async fn create_account(&self, account: NewAccount) -> Result<Account, StoreError>;
-    async fn login_record(&self, email: &Email) -> Result<Option<LoginRecord>, StoreError>;
-    async fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
-    /// Sets a new password and ends every session of the user; false when no such user.
-    async fn reset_password(&self, email: &Email, hash: &str) -> Result<bool, StoreError>;
-    /// Starts a session and clears the user's expired ones.
-    async fn create_session(
+    /// Creates the user with their membership, API token and optional session, and writes
+    /// `audit` (its user filled in) in the same transaction.
+    async fn create_account(
         &self,
-        user: UserId,
-        session: &NewSession,
-        now: DateTime<Utc>,
+        account: NewAccount,
+        audit: &AuditEvent<'_>,
+    ) -> Result<Account, StoreError>;
+    /// Sets a new password, starts a new credential generation and ends every session of
+    /// the user; the user, or `None` when no account has the email.
+    async fn reset_password(&self, email: &Email, hash: &str)
+    -> Result<Option<UserId>, StoreError>;
+    async fn invite_token(&self, organization: OrganizationId) -> Result<InviteToken, StoreError>;
+    async fn replace_invite_token(
+        &self,
+        organization: OrganizationId,
+        token: &InviteToken,
     ) -> Result<(), StoreError>;
-    /// The active user owning a live token, and the block on `throttle` if any. The one lookup
-    /// token authentication performs.
+}
+
+/// The password login: admission with the account, then its outcome.
+#[async_trait]
+pub trait LoginStore {
+    /// Counts the attempt on its email unless the email or the address is blocked, and
+    /// reads the account: one statement on Postgres.
+    async fn login_admit(&self, attempt: &LoginAttempt<'_>) -> Result<LoginAdmission, StoreError>;
+    /// Starts the session, stores the new hash if the verified one is still there, clears the
+    /// email's throttle and writes the audit event, all only if the credential generation is
+    /// still the one read at admission; false when it changed (a reset won the race), in which
+    /// case only a failure is audited. One statement on Postgres.
+    async fn login_succeeded(&self, success: &LoginSuccess<'_>) -> Result<bool, StoreError>;
+    /// Takes back an admission that was never checked (the login failed for another reason
+    /// than its credentials): one failure less on the key, and no block below the limit.
+    async fn give_back(&self, key: &ThrottleKey, rule: ThrottleRule) -> Result<(), StoreError>;
+}
+
+/// Counters of failures shared by every replica.
+#[async_trait]
+pub trait ThrottleStore {
+    /// Until when a key is blocked, if it is.
+    async fn blocked_until(
+        &self,
+        key: &ThrottleKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Counts a failure on the key (blocking it past the limit) and writes its audit event,
+    /// in one statement on Postgres and one transaction on SQLite.
+    async fn record_failure(&self, failure: &Failure<'_>) -> Result<(), StoreError>;
+}
+
+/// API tokens and sessions.
+#[async_trait]
+pub trait TokenStore {
+    /// The active user owning a live token (a session also unused since `idle_since` at the
+    /// latest), and the block on `throttle` if any: the one lookup token authentication does.
     async fn principal(
         &self,
         token: &TokenHash,
         throttle: Option<&ThrottleKey>,
         now: DateTime<Utc>,
+        idle_since: DateTime<Utc>,
     ) -> Result<TokenLookup, StoreError>;
+    /// Records that a session is in use.
+    async fn touch_session(&self, token: &TokenHash, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Ends a session; false when it did not exist.
     async fn end_session(&self, token: &TokenHash) -> Result<bool, StoreError>;
     /// Replaces the user's API token, so the old one stops working at once.
@@ -275,89 +293,164 @@ pub trait Store: Send + Sync + 'static {
         token: &TokenHash,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    async fn invite_token(&self, organization: OrganizationId) -> Result<InviteToken, StoreError>;
-    async fn replace_invite_token(
-        &self,
-        organization: OrganizationId,
-        token: &InviteToken,
-    ) -> Result<(), StoreError>;
-    /// Counts an attempt as a failure on every key unless one of them is blocked, atomically,
-    /// so parallel attempts on any replica can't slip past the limit.
-    async fn throttle_admit(
-        &self,
-        keys: &[(ThrottleKey, ThrottleRule)],
-        now: DateTime<Utc>,
-    ) -> Result<Admission, StoreError>;
-    /// Until when a key is blocked, if it is.
-    async fn throttle_blocked_until(
-        &self,
-        key: &ThrottleKey,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError>;
-    /// After a success: forgets `clear` keys and takes back the attempt counted on `forgive`.
-    async fn throttle_succeeded(
-        &self,
-        clear: &[ThrottleKey],
-        forgive: &[(ThrottleKey, ThrottleRule)],
-    ) -> Result<(), StoreError>;
-    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), StoreError>;
-    /// Deletes expired sessions and throttle rows untouched since `stale_before` and not
-    /// blocked; returns how many rows went.
-    async fn purge(
-        &self,
-        now: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
 }
 
-/// Opens the store the settings name: Postgres for `postgres://`, SQLite for `sqlite://`, or the
-/// embedded SQLite file in the data directory when no URL is set.
-pub async fn connect(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let acquire_timeout = Duration::from_millis(settings.database.acquire_timeout_ms);
-    let max_connections = settings.database.max_connections;
-    match settings
-        .database
-        .url
-        .as_ref()
-        .map(|url| url.expose_secret())
-    {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(PostgresStore::connect(
-                url,
-                max_connections,
-                acquire_timeout,
-            )?))
-        }
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(
-            SqliteStore::open(url, max_connections, acquire_timeout).await?,
-        )),
-        Some(_) => {
+/// The append-only audit trail.
+#[async_trait]
+pub trait AuditStore {
+    async fn audit(&self, event: &AuditEvent<'_>) -> Result<(), StoreError>;
+}
+
+/// Schema, health and housekeeping.
+#[async_trait]
+pub trait Maintenance {
+    fn pool_stats(&self) -> PoolStats;
+    /// Statements issued so far, by operation.
+    fn statement_counts(&self) -> Vec<(&'static str, u64)>;
+    /// Brings the schema up to date; safe when several replicas start at once.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Answers whether the database can be reached right now.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Deletes expired and idle sessions, stale throttle rows and audit rows past retention;
+    /// returns how many rows went.
+    async fn purge(&self, before: &PurgeBefore) -> Result<u64, StoreError>;
+    /// Calls `each` with every stored password hash that does not start with `current`.
+    async fn other_password_hashes(
+        &self,
+        current: &str,
+        each: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), StoreError>;
+}
+
+/// The whole storage contract.
+pub trait Store:
+    AccountStore
+    + LoginStore
+    + ThrottleStore
+    + TokenStore
+    + AuditStore
+    + Maintenance
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore
+        + LoginStore
+        + ThrottleStore
+        + TokenStore
+        + AuditStore
+        + Maintenance
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The store over either database.
+pub struct SqlStore {
+    conn: Conn,
+}
+
+impl SqlStore {
+    /// Opens the store a database URL names: `postgres://…` (prepared without connecting) or
+    /// `sqlite://…` (created if missing).
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let conn = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Conn::postgres(url, max_connections, acquire_timeout)?
+        } else if url.starts_with("sqlite:") {
+            Conn::sqlite(url, max_connections, acquire_timeout).await?
+        } else {
             anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite://")
+        };
+        Ok(Self { conn })
+    }
+
+    pub(crate) fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.conn.db {
+            db::Db::Postgres(pool) => Some(pool),
+            db::Db::Sqlite(_) => None,
         }
-        None => {
-            let dir = settings.data_dir();
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
-            })?;
-            let url = format!("sqlite://{}", dir.join("identity.sqlite3").display());
-            Ok(Arc::new(
-                SqliteStore::open(&url, max_connections, acquire_timeout).await?,
-            ))
+    }
+
+    pub(crate) fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match &self.conn.db {
+            db::Db::Sqlite(pool) => Some(pool),
+            db::Db::Postgres(_) => None,
         }
     }
 }
 
-/// Columns both backends select for an account, decoded into domain types.
+/// The URL of the database the settings name: theirs, or the embedded SQLite file in the data
+/// directory (created, private to the service's user, when `create` is set).
+pub fn database_url(settings: &Settings, create: bool) -> anyhow::Result<String> {
+    if let Some(url) = &settings.database.url {
+        return Ok(url.expose_secret().to_owned());
+    }
+    let dir = settings.data_dir();
+    if create {
+        private::create_private_dir(&dir)?;
+    }
+    Ok(format!(
+        "sqlite://{}",
+        dir.join("identity.sqlite3").display()
+    ))
+}
+
+/// Opens the store the settings name.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let url = database_url(settings, true)?;
+    Ok(Arc::new(
+        SqlStore::open(
+            &url,
+            settings.database.max_connections,
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+        )
+        .await?,
+    ))
+}
+
+/// Columns every account query selects, decoded into domain types.
 pub(crate) struct AccountRow {
     pub id: i64,
     pub email: String,
     pub username: String,
     pub first_name: String,
     pub last_name: String,
-    pub date_joined: DateTime<Utc>,
+    pub date_joined: db::Ts,
     pub organization_id: Option<i64>,
     pub organization_title: Option<String>,
     pub organization_created_by: Option<i64>,
+}
+
+impl AccountRow {
+    /// Reads the columns of [`select_account!`] from a row of either backend.
+    pub(crate) fn read<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: sqlx::Row,
+        &'static str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        db::Ts: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            id: row.try_get("id")?,
+            email: row.try_get("email")?,
+            username: row.try_get("username")?,
+            first_name: row.try_get("first_name")?,
+            last_name: row.try_get("last_name")?,
+            date_joined: row.try_get("date_joined")?,
+            organization_id: row.try_get("organization_id")?,
+            organization_title: row.try_get("organization_title")?,
+            organization_created_by: row.try_get("organization_created_by")?,
+        })
+    }
 }
 
 impl From<AccountRow> for Account {
@@ -377,7 +470,7 @@ impl From<AccountRow> for Account {
                 username: row.username,
                 first_name: row.first_name,
                 last_name: row.last_name,
-                date_joined: row.date_joined,
+                date_joined: row.date_joined.0,
                 organization_id: organization.as_ref().map(|o| o.id),
             },
             organization,
@@ -387,7 +480,7 @@ impl From<AccountRow> for Account {
 
 /// A query for account rows, joined with the live membership of the user's active
 /// organization: `extra` columns, the `from` clause (which must name the users table `u`) and
-/// the rest. Both backends share it, so the columns `AccountRow` reads stay in one place.
+/// the rest.
 macro_rules! select_account {
     ($extra:literal, $from:literal, $rest:literal) => {
         concat!(
@@ -405,39 +498,6 @@ macro_rules! select_account {
     };
 }
 pub(crate) use select_account;
-
-/// Builds a migrator from migrations embedded in the binary, so the image needs no files.
-pub(crate) fn migrator(
-    migrations: &[(i64, &'static str, &'static str)],
-) -> sqlx::migrate::Migrator {
-    use sqlx::{
-        SqlSafeStr,
-        migrate::{Migration, MigrationType, Migrator},
-    };
-    Migrator::with_migrations(
-        migrations
-            .iter()
-            .map(|(version, description, sql)| {
-                Migration::new(
-                    *version,
-                    (*description).into(),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
-
-impl From<sqlx::migrate::MigrateError> for StoreError {
-    fn from(error: sqlx::migrate::MigrateError) -> Self {
-        match error {
-            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
-            other => Self::Unexpected(other.into()),
-        }
-    }
-}
 
 /// The account a successful `create_account` wrote, built from what it was given.
 pub(crate) fn new_account(id: UserId, new: &NewAccount, organization: Organization) -> Account {
@@ -461,87 +521,19 @@ pub(crate) fn stored_invite(token: Option<String>) -> Result<InviteToken, StoreE
     InviteToken::parse(&token).map_err(|e| StoreError::Unexpected(anyhow::anyhow!(e)))
 }
 
-#[cfg(test)]
-mod tests {
-    use chrono::Duration;
+/// A throttle rule's numbers as the Postgres statements take them.
+pub(crate) struct RuleArgs {
+    pub max_failures: i32,
+    pub base_ms: f64,
+    pub max_ms: f64,
+}
 
-    use super::*;
-
-    fn rule(max_failures: u32) -> ThrottleRule {
-        ThrottleRule {
-            max_failures,
-            base_delay: Duration::seconds(1),
-            max_delay: Duration::minutes(15),
-            window: Duration::hours(24),
+impl From<ThrottleRule> for RuleArgs {
+    fn from(rule: ThrottleRule) -> Self {
+        Self {
+            max_failures: i32::try_from(rule.max_failures).unwrap_or(i32::MAX),
+            base_ms: rule.base_delay.num_milliseconds() as f64,
+            max_ms: rule.max_delay.num_milliseconds() as f64,
         }
-    }
-
-    fn state(
-        failures: i64,
-        blocked_for: Option<i64>,
-        age_hours: i64,
-        now: DateTime<Utc>,
-    ) -> ThrottleState {
-        ThrottleState {
-            failures,
-            blocked_until: blocked_for.map(|s| now + Duration::seconds(s)),
-            updated_at: now - Duration::hours(age_hours),
-        }
-    }
-
-    #[test]
-    fn an_attempt_counts_on_every_key_and_blocks_at_the_limit() {
-        let now = Utc::now();
-        let updates = admit(
-            &[
-                (rule(3), state(1, None, 0, now)),
-                (rule(2), state(1, None, 0, now)),
-            ],
-            now,
-        )
-        .unwrap();
-        assert_eq!(
-            updates,
-            vec![(2, None), (2, Some(now + Duration::seconds(1)))]
-        );
-    }
-
-    #[test]
-    fn any_blocked_key_refuses_until_its_latest_block() {
-        let now = Utc::now();
-        let refused = admit(
-            &[
-                (rule(3), state(5, Some(10), 0, now)),
-                (rule(3), state(9, Some(30), 0, now)),
-            ],
-            now,
-        );
-        assert_eq!(refused, Err(now + Duration::seconds(30)));
-        let expired = admit(&[(rule(3), state(5, Some(-1), 0, now))], now).unwrap();
-        assert_eq!(expired, vec![(6, Some(now + Duration::seconds(8)))]);
-    }
-
-    #[test]
-    fn failures_outside_the_window_start_over() {
-        let now = Utc::now();
-        assert_eq!(
-            admit(&[(rule(3), state(50, None, 25, now))], now).unwrap(),
-            vec![(1, None)]
-        );
-    }
-
-    #[test]
-    fn keys_lock_in_one_order_without_duplicates() {
-        let a = ThrottleKey::new("login-email", "a@example.com");
-        let b = ThrottleKey::new("login-addr", "127.0.0.1");
-        let ordered = lock_order(&[
-            (a.clone(), rule(1)),
-            (b.clone(), rule(1)),
-            (a.clone(), rule(1)),
-        ]);
-        assert_eq!(
-            ordered.into_iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            vec![b, a]
-        );
     }
 }

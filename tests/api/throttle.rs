@@ -58,8 +58,16 @@ async fn failed_logins_throttle_the_email_before_any_hashing(backend: Backend) {
         before,
         "a throttled attempt spends no hashing"
     );
+    // Throttled refusals are written as one aggregated row per client and window, at the
+    // latest when the server stops.
     assert_eq!(
         db.count("SELECT COUNT(*) FROM audit_events WHERE reason = 'THROTTLED'")
+            .await,
+        0
+    );
+    app.stop().await;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE reason = 'THROTTLED' AND count = 1")
             .await,
         1
     );

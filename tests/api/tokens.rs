@@ -102,7 +102,12 @@ async fn expired_sessions_and_stale_throttle_rows_are_purged(backend: Backend) {
     let now = chrono::Utc::now();
 
     let removed = store
-        .purge(now, now + chrono::Duration::days(1))
+        .purge(&label_studio_identity::store::PurgeBefore {
+            now,
+            idle_since: now - chrono::Duration::days(5),
+            throttle_since: now + chrono::Duration::days(1),
+            audit_since: now - chrono::Duration::days(400),
+        })
         .await
         .unwrap();
 
