@@ -35,6 +35,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to about 8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -52,6 +57,10 @@ pub struct Metrics {
     hashing_computed_seen: std::sync::atomic::AtomicU64,
     pool_in_use: Gauge,
     pool_idle: Gauge,
+    statements: Family<OperationLabels, Counter>,
+    password_check_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Serialises scrapes, which bring the mirrored counters up to date.
+    scraping: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -111,6 +120,19 @@ impl Metrics {
             "database connections idle in the pool",
             pool_idle.clone(),
         );
+        let statements = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "db_statements",
+            "database round trips (statements, BEGIN and COMMIT) by store operation",
+            statements.clone(),
+        );
+        let password_check_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "password_check_seconds",
+            "the time every password check is padded to: the current parameters' cost or the \
+             costliest stored hash's",
+            password_check_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +144,9 @@ impl Metrics {
             hashing_computed_seen: std::sync::atomic::AtomicU64::new(0),
             pool_in_use,
             pool_idle,
+            statements,
+            password_check_seconds,
+            scraping: std::sync::Mutex::new(()),
         }
     }
 
@@ -146,6 +171,15 @@ impl Metrics {
 
     /// The text exposition, with the mirrored gauges read now.
     pub fn render(&self, hasher: &PasswordHasher, store: &dyn Store) -> String {
+        let _scraping = self.scraping.lock();
+        for (operation, count) in store.statement_counts() {
+            let counter = self
+                .statements
+                .get_or_create(&OperationLabels { operation });
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
+        self.password_check_seconds
+            .set(hasher.padded_cost().as_secs_f64());
         let load = hasher.load();
         self.hashing_running.set(gauge(load.running));
         self.hashing_waiting.set(gauge(load.waiting));

@@ -143,17 +143,25 @@ impl Accounts {
             .db(ctx, self.store.organization_by_invite(&invite))
             .await?
             .is_some();
-        drop(slot);
         let email = fields.email.clone();
-        let created = if found {
-            self.create(event, fields, None, Joining::Invite(invite), true, ctx)
-                .await
-        } else {
-            Err(AccountsError::InviteInvalid)
-        };
-        if matches!(created, Err(AccountsError::InviteInvalid)) {
+        let refused = |ctx| async move {
             let audit = Audit::failure(event, "INVITE_INVALID").email(&email);
             self.record_failure(ctx, &key, rule, audit).await?;
+            Err(AccountsError::InviteInvalid)
+        };
+        if !found {
+            // The place is held until the failure is counted, so a burst of guesses looks up
+            // at most the limit plus those in flight.
+            let outcome = refused(ctx).await;
+            drop(slot);
+            return outcome;
+        }
+        drop(slot);
+        let created = self
+            .create(event, fields, None, Joining::Invite(invite), true, ctx)
+            .await;
+        if matches!(created, Err(AccountsError::InviteInvalid)) {
+            return refused(ctx).await;
         }
         created
     }

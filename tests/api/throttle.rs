@@ -288,6 +288,203 @@ async fn the_client_address_comes_from_a_trusted_gateway_only(backend: Backend) 
     );
 }
 
+/// A success never re-applies or extends its address's block: once the attacker stops and the
+/// backoff ends, correct logins from that address go through, one after another.
+async fn an_address_whose_attackers_stopped_returns_to_normal_after_the_backoff(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_address = 3;
+        s.throttle.base_delay_ms = 50;
+        s.throttle.max_delay_seconds = 60;
+    })
+    .await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+
+    // Seven failures from one address (the limit is three), each after the previous block.
+    let mut failures = 0;
+    while failures < 7 {
+        match app
+            .login(&format!("probe{failures}@example.com"), "wrong-password")
+            .await
+        {
+            Err(status) if status.code() == Code::Unauthenticated => failures += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => {}
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // The last block is 50 ms × 2⁴.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    for _ in 0..5 {
+        app.login("ann@example.com", PASSWORD)
+            .await
+            .expect("a correct login after the backoff, and every one after it");
+    }
+}
+
+/// Correct logins in flight are not failures: many people behind one address logging in at
+/// once don't trip the address's limit.
+async fn simultaneous_correct_logins_from_one_address_do_not_trip_its_limit(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_address = 10;
+        s.throttle.base_delay_ms = 60_000;
+        s.argon2.max_waiting = 200;
+    })
+    .await;
+    for i in 0..64 {
+        app.sign_up(&format!("user{i}@example.com"), PASSWORD).await;
+    }
+
+    let logins: Vec<_> = (0..64)
+        .map(|i| {
+            let mut client = app.client.clone();
+            async move {
+                client
+                    .authenticate(login(&format!("user{i}@example.com"), PASSWORD))
+                    .await
+            }
+        })
+        .collect();
+    let results = join_all(logins).await;
+
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// A burst of parallel guesses from one address checks at most the limit plus the checks in
+/// flight; every other one, a right token among them, is refused before its answer is known.
+async fn a_burst_of_token_guesses_checks_at_most_the_limit_plus_those_in_flight(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.token_failures_per_address = 3;
+        s.throttle.in_flight_per_address = 1;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+    let created = app.sign_up("ann@example.com", PASSWORD).await;
+
+    let burst: Vec<_> = (0..61)
+        .map(|i| {
+            let token = if i == 30 {
+                created.api_token.clone()
+            } else {
+                format!("guess{i:035}")
+            };
+            let mut client = app.client.clone();
+            async move {
+                let request = label_studio_identity::grpc::pb::AuthenticateRequest {
+                    credentials: Some(
+                        label_studio_identity::grpc::pb::authenticate_request::Credentials::Token(
+                            token,
+                        ),
+                    ),
+                };
+                (i, client.authenticate(request).await)
+            }
+        })
+        .collect();
+    let results = join_all(burst).await;
+
+    let checked = results
+        .iter()
+        .filter(|(_, r)| !matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    // The right token is checked only if it is among those; otherwise it is refused like
+    // the guesses.
+    assert!(checked <= 3 + 1, "{checked} checked: {results:?}");
+}
+
+/// Likewise for invite tokens: parallel wrong guesses look up at most the limit plus those in
+/// flight; the others are refused before any lookup.
+async fn a_burst_of_invite_guesses_looks_up_at_most_the_limit_plus_those_in_flight(
+    backend: Backend,
+) {
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.invite_failures_per_address = 3;
+        s.throttle.in_flight_per_address = 2;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+    app.sign_up("owner@example.com", PASSWORD).await;
+    let before = crate::costs::statements_of(&app, "organization_by_invite").await;
+
+    let burst: Vec<_> = (0..60)
+        .map(|i| {
+            let mut client = app.client.clone();
+            async move {
+                client
+                    .register_with_invite(
+                        label_studio_identity::grpc::pb::RegisterWithInviteRequest {
+                            invite: format!("wrongtoken{i:030}"),
+                            email: format!("x{i}@example.com"),
+                            password: PASSWORD.into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+            }
+        })
+        .collect();
+    let results = join_all(burst).await;
+
+    let lookups = crate::costs::statements_of(&app, "organization_by_invite").await - before;
+    assert!(lookups <= 3 + 2, "{lookups} invite lookups");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(s) if matches!(s.code(), Code::PermissionDenied | Code::ResourceExhausted))),
+        "{results:?}"
+    );
+}
+
+/// Choosing API tokens is no oracle: refusals of taken (or weak) tokens count as failed token
+/// guesses of the client, which is then throttled, and no refusal leaves an account behind.
+async fn chosen_token_refusals_count_as_token_guesses(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, |s| {
+        s.throttle.token_failures_per_address = 3;
+        s.throttle.base_delay_ms = 60_000;
+    })
+    .await;
+    let admin = app.sign_up("admin@example.com", PASSWORD).await;
+    let other = app.sign_up("other@example.com", PASSWORD).await;
+    let auth = format!("Token {}", admin.api_token);
+    let create = |email: String, token: String| {
+        let mut client = app.client.clone();
+        let auth = auth.clone();
+        async move {
+            client
+                .create_user(crate::helpers::with_auth(
+                    label_studio_identity::grpc::pb::CreateUserRequest {
+                        user_token: token,
+                        ..crate::helpers::sign_up(&email, PASSWORD)
+                    },
+                    &auth,
+                ))
+                .await
+        }
+    };
+
+    for (i, token) in [
+        other.api_token.clone(),
+        "aaaaaaa".into(),
+        other.api_token.clone(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_refused(
+            create(format!("n{i}@example.com"), token).await,
+            Code::InvalidArgument,
+            "USER_TOKEN_REJECTED",
+        );
+    }
+    assert_refused(
+        create("n9@example.com".into(), other.api_token.clone()).await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 2);
+}
+
 on_both_backends!(
     failed_logins_throttle_the_email_before_any_hashing,
     unknown_emails_are_throttled_like_known_ones,
@@ -298,4 +495,9 @@ on_both_backends!(
     failed_token_authentications_throttle_the_address,
     failed_invite_tokens_throttle_the_address,
     the_client_address_comes_from_a_trusted_gateway_only,
+    an_address_whose_attackers_stopped_returns_to_normal_after_the_backoff,
+    simultaneous_correct_logins_from_one_address_do_not_trip_its_limit,
+    a_burst_of_token_guesses_checks_at_most_the_limit_plus_those_in_flight,
+    a_burst_of_invite_guesses_looks_up_at_most_the_limit_plus_those_in_flight,
+    chosen_token_refusals_count_as_token_guesses,
 );
