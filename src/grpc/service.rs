@@ -137,7 +137,16 @@ impl From<Created> for pb::RegisterWithInviteResponse {
     }
 }
 
-impl From<InviteLink> for pb::InviteLinkResponse {
+impl From<InviteLink> for pb::GetInviteLinkResponse {
+    fn from(link: InviteLink) -> Self {
+        Self {
+            token: link.token.as_str().to_owned(),
+            invite_url: link.url,
+        }
+    }
+}
+
+impl From<InviteLink> for pb::ResetInviteLinkResponse {
     fn from(link: InviteLink) -> Self {
         Self {
             token: link.token.as_str().to_owned(),
@@ -264,7 +273,7 @@ impl IdentityService for IdentityApi {
     async fn get_invite_link(
         &self,
         request: Request<pb::GetInviteLinkRequest>,
-    ) -> Result<Response<pb::InviteLinkResponse>, Status> {
+    ) -> Result<Response<pb::GetInviteLinkResponse>, Status> {
         observed(&self.metrics, "GetInviteLink", async {
             let ctx = self.context(&request);
             let caller = self.caller(&request, &ctx).await?;
@@ -276,7 +285,7 @@ impl IdentityService for IdentityApi {
     async fn reset_invite_link(
         &self,
         request: Request<pb::ResetInviteLinkRequest>,
-    ) -> Result<Response<pb::InviteLinkResponse>, Status> {
+    ) -> Result<Response<pb::ResetInviteLinkResponse>, Status> {
         observed(&self.metrics, "ResetInviteLink", async {
             let ctx = self.context(&request);
             let caller = self.caller(&request, &ctx).await?;

@@ -342,7 +342,10 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
-    pub async fn invite_link(&self, credentials: &str) -> Result<pb::InviteLinkResponse, Status> {
+    pub async fn invite_link(
+        &self,
+        credentials: &str,
+    ) -> Result<pb::GetInviteLinkResponse, Status> {
         self.client
             .clone()
             .get_invite_link(with_auth(pb::GetInviteLinkRequest {}, credentials))
@@ -353,7 +356,7 @@ impl TestApp {
     pub async fn reset_invite_link(
         &self,
         credentials: &str,
-    ) -> Result<pb::InviteLinkResponse, Status> {
+    ) -> Result<pb::ResetInviteLinkResponse, Status> {
         self.client
             .clone()
             .reset_invite_link(with_auth(pb::ResetInviteLinkRequest {}, credentials))
