@@ -14,4 +14,5 @@ mod security;
 mod server;
 mod signup;
 mod throttle;
+mod tls;
 mod tokens;
