@@ -76,7 +76,7 @@ enum Reload {
 
 impl ServerTls {
     /// Reads and checks the files: a missing or unreadable file, invalid PEM, a key that isn't
-    /// the certificate's or a client CA that is no CA is an error.
+    /// the certificate's or a client CA certificate unusable as a trust anchor is an error.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let loaded = Loaded::build(&files, &Sources::read(&files)?)?;
         Ok(Self {
