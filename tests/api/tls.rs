@@ -201,6 +201,12 @@ async fn a_client_that_trusts_the_ca_signs_up_and_logs_in_over_tls() {
     );
     let refused = stranger.expect_err("a client that trusts another CA is refused");
     assert!(refused.contains("UnknownIssuer"), "{refused}");
+    let addr = app.addr;
+    app.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a stopped server no longer listens"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
