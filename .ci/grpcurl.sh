@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Walks through the README's grpcurl session against a real server on localhost:50051:
 # list, sign up, log in, read and reset the invite link, register through it.
+# Usage: grpcurl.sh [plaintext|tls|mtls]. With tls the server gets a certificate from a CA made
+# here with openssl and grpcurl trusts it with -cacert; mtls also requires a client certificate
+# from that CA. PORT moves the server off 50051.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+mode=${1:-plaintext}
+case $mode in
+plaintext | tls | mtls) ;;
+*)
+    echo "usage: $0 [plaintext|tls|mtls]" >&2
+    exit 2
+    ;;
+esac
+port=${PORT:-50051}
 bin=${BIN:-target/debug/label-studio-identity}
 [[ -x $bin ]] || cargo build --locked --bin label-studio-identity
 
@@ -18,12 +30,43 @@ fi
 grpcurl="$tools/grpcurl"
 
 data=$(mktemp -d)
+trap 'rm -rf "$data"' EXIT
+
+quietly() { # runs a command, showing its output only when it fails
+    "$@" >"$data/quiet.log" 2>&1 || { cat "$data/quiet.log" >&2; return 1; }
+}
+issue() { # name, subjectAltName, extendedKeyUsage: a key and a certificate signed by the CA
+    quietly openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+        -keyout "$data/$1.key" -out "$data/$1.csr"
+    printf 'subjectAltName=%s\nextendedKeyUsage=%s\nbasicConstraints=CA:FALSE\n' "$2" "$3" >"$data/$1.ext"
+    quietly openssl x509 -req -in "$data/$1.csr" -CA "$data/ca.crt" -CAkey "$data/ca.key" \
+        -CAcreateserial -days 1 -extfile "$data/$1.ext" -out "$data/$1.crt"
+}
+
+server_tls=()
+probe_tls=()
+transport=(-plaintext)
+if [[ $mode != plaintext ]]; then
+    quietly openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj "/CN=grpcurl walk-through CA" -keyout "$data/ca.key" -out "$data/ca.crt"
+    issue server "DNS:localhost,IP:127.0.0.1" serverAuth
+    server_tls=(--tls-cert "$data/server.crt" --tls-key "$data/server.key")
+    probe_tls=(--tls-ca "$data/ca.crt")
+    transport=(-cacert "$data/ca.crt")
+    if [[ $mode == mtls ]]; then
+        issue client "DNS:grpcurl" clientAuth
+        server_tls+=(--tls-client-ca "$data/ca.crt")
+        probe_tls+=(--tls-cert "$data/client.crt" --tls-key "$data/client.key")
+        transport+=(-cert "$data/client.crt" -key "$data/client.key")
+    fi
+fi
+
 env -u DATABASE_URL LABEL_STUDIO_BASE_DATA_DIR="$data" IDENTITY_METRICS__PORT=0 \
-    "$bin" start --host 127.0.0.1 --port 50051 >"$data/server.log" 2>&1 &
+    "$bin" start --host 127.0.0.1 --port "$port" "${server_tls[@]}" >"$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do
-    "$bin" probe --addr 127.0.0.1:50051 >/dev/null 2>&1 && break
+    "$bin" probe --addr "127.0.0.1:$port" "${probe_tls[@]}" >/dev/null 2>&1 && break
     sleep 0.1
 done
 
@@ -38,46 +81,62 @@ check() { # name, expected substring, output
         echo "$3" >&2
     fi
 }
+call() { "$grpcurl" "${transport[@]}" "$@"; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 S=labelstudio.identity.v1.IdentityService
-out=$("$grpcurl" -plaintext localhost:50051 list)
+out=$(call "localhost:$port" list)
 check list "$S" "$out"
 check list-health grpc.health.v1.Health "$out"
 
-signup=$("$grpcurl" -plaintext -d '{"email":"Owner@Example.com","password":"owner-password"}' localhost:50051 $S/CreateUser)
+signup=$(call -d '{"email":"Owner@Example.com","password":"owner-password"}' "localhost:$port" $S/CreateUser)
 check signup '"email": "owner@example.com"' "$signup"
 api_token=$(field apiToken <<<"$signup")
 
-login=$("$grpcurl" -plaintext -d '{"password":{"email":"owner@example.com","password":"owner-password"}}' localhost:50051 $S/Authenticate)
+login=$(call -d '{"password":{"email":"owner@example.com","password":"owner-password"}}' "localhost:$port" $S/Authenticate)
 check login sessionToken "$login"
 session=$(field sessionToken <<<"$login")
 
-out=$("$grpcurl" -plaintext -d "{\"token\":\"$api_token\"}" localhost:50051 $S/Authenticate)
+out=$(call -d "{\"token\":\"$api_token\"}" "localhost:$port" $S/Authenticate)
 check token-login '"title": "Label Studio"' "$out"
 
-link=$("$grpcurl" -plaintext -H "authorization: Token $api_token" localhost:50051 $S/GetInviteLink)
+link=$(call -H "authorization: Token $api_token" "localhost:$port" $S/GetInviteLink)
 check invite '/user/signup/?token=' "$link"
 old_url=$(field inviteUrl <<<"$link")
 
-reset=$("$grpcurl" -plaintext -H "authorization: Bearer $session" localhost:50051 $S/ResetInviteLink)
+reset=$(call -H "authorization: Bearer $session" "localhost:$port" $S/ResetInviteLink)
 new_url=$(field inviteUrl <<<"$reset")
 check reset '/user/signup/?token=' "$reset"
 
-out=$("$grpcurl" -plaintext -d "{\"invite\":\"$old_url\",\"email\":\"late@example.com\",\"password\":\"new-password\"}" localhost:50051 $S/RegisterWithInvite 2>&1 || true)
+out=$(call -d "{\"invite\":\"$old_url\",\"email\":\"late@example.com\",\"password\":\"new-password\"}" "localhost:$port" $S/RegisterWithInvite 2>&1 || true)
 check old-link-refused INVITE_INVALID "$out"
 
-out=$("$grpcurl" -plaintext -d "{\"invite\":\"$new_url\",\"email\":\"new@example.com\",\"password\":\"new-password\"}" localhost:50051 $S/RegisterWithInvite)
+out=$(call -d "{\"invite\":\"$new_url\",\"email\":\"new@example.com\",\"password\":\"new-password\"}" "localhost:$port" $S/RegisterWithInvite)
 check register '"email": "new@example.com"' "$out"
 
-out=$("$grpcurl" -plaintext -d '{"email":"x@example.com","password":"short"}' localhost:50051 $S/CreateUser 2>&1 || true)
+out=$(call -d '{"email":"x@example.com","password":"short"}' "localhost:$port" $S/CreateUser 2>&1 || true)
 check error-details '"reason":"PASSWORD_LENGTH"' "$out"
 
-out=$("$grpcurl" -plaintext -H "authorization: Bearer $session" localhost:50051 $S/Logout)
+out=$(call -H "authorization: Bearer $session" "localhost:$port" $S/Logout)
 check logout '{' "$out"
 
-out=$("$grpcurl" -plaintext -d '{"service":"labelstudio.identity.v1.IdentityService"}' localhost:50051 grpc.health.v1.Health/Check)
+out=$(call -d '{"service":"labelstudio.identity.v1.IdentityService"}' "localhost:$port" grpc.health.v1.Health/Check)
 check health SERVING "$out"
 
-echo "grpcurl: $passed passed, $failed failed"
+# The port speaks only what it was set up for.
+case $mode in
+tls)
+    out=$("$grpcurl" -connect-timeout 3 -plaintext "localhost:$port" list 2>&1 || true)
+    check plaintext-refused Failed "$out"
+    ;;
+mtls)
+    # grpc-go retries a refused handshake until its deadline, so only the failure shows.
+    out=$("$grpcurl" -connect-timeout 3 -cacert "$data/ca.crt" "localhost:$port" list 2>&1 || true)
+    check no-client-cert-refused Failed "$out"
+    ;;
+esac
+out=$("$bin" probe --addr "127.0.0.1:$port" "${probe_tls[@]}" 2>&1 || true)
+check probe SERVING "$out"
+
+echo "grpcurl ($mode): $passed passed, $failed failed"
 [[ $failed == 0 ]]

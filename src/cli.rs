@@ -66,6 +66,16 @@ pub struct StartArgs {
     /// Its API token, at least 5 characters (also `LABEL_STUDIO_USER_TOKEN`).
     #[arg(long)]
     pub user_token: Option<String>,
+    /// Serve TLS with this PEM certificate chain (also `IDENTITY_SERVER__TLS__CERT`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key (also `IDENTITY_SERVER__TLS__KEY`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these PEM CAs (also
+    /// `IDENTITY_SERVER__TLS__CLIENT_CA`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +111,19 @@ pub struct ProbeArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3)]
     pub timeout: u64,
+    /// Speak TLS, trusting the PEM CA certificates in this file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --addr, or
+    /// `localhost` when it is an IP address].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Present this PEM client certificate (for servers that require one).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs a parsed command line and turns the outcome into an exit code.
@@ -141,6 +164,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides.username = args.username.clone();
             overrides.password = args.password.clone();
             overrides.user_token = args.user_token.clone();
+            overrides.tls_cert = args.tls_cert.clone();
+            overrides.tls_key = args.tls_key.clone();
+            overrides.tls_client_ca = args.tls_client_ca.clone();
         }
         Command::Migrate(data)
         | Command::ResetPassword(ResetPasswordArgs { data, .. })
@@ -154,7 +180,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Start(_) => {
             let app = Application::build(settings).await?;
-            tracing::info!(addr = %app.local_addr()?, "listening");
+            tracing::info!(addr = %app.local_addr()?, tls = app.tls_mode(), "listening");
             app.run_until_stopped(shutdown_signal()).await?;
             tracing::info!("stopped");
         }
@@ -209,15 +235,33 @@ async fn shutdown_signal() {
     }
 }
 
-/// One `grpc.health.v1.Health/Check`: exit 0 on SERVING, 1 otherwise.
+/// One `grpc.health.v1.Health/Check`: exit 0 on SERVING, 1 otherwise, with a one-line reason
+/// on standard output.
 async fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let timeout = Duration::from_secs(args.timeout);
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+    let tls = match &args.tls_ca {
+        Some(ca) => {
+            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+            let server_name = args
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| default_server_name(&args.addr));
+            Some(crate::tls::ClientTls::load(ca, identity, &server_name)?)
+        }
+        None => None,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))
+        .map_err(|e| anyhow::anyhow!("--addr {:?} is no HOST:PORT: {e}", args.addr))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let outcome = async {
-        let channel = endpoint.connect().await?;
+        let channel = match &tls {
+            Some(tls) => tls.connect(endpoint, args.addr.clone()).await?,
+            None => endpoint.connect().await?,
+        };
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: args.service.clone(),
@@ -226,25 +270,84 @@ async fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(response.into_inner().status)
     };
     match tokio::time::timeout(timeout, outcome).await {
-        Ok(Ok(status))
-            if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
             println!("SERVING");
             Ok(ExitCode::SUCCESS)
         }
         Ok(Ok(status)) => {
-            let name = tonic_health::pb::health_check_response::ServingStatus::try_from(status)
-                .map_or("UNKNOWN", |s| s.as_str_name());
+            let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
             println!("{name}");
             Ok(ExitCode::FAILURE)
         }
         Ok(Err(error)) => {
-            println!("NOT_REACHABLE: {error}");
+            println!("NOT_REACHABLE: {}", one_line(&error));
             Ok(ExitCode::FAILURE)
         }
         Err(_) => {
             println!("TIMEOUT");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The name a server certificate is checked against when `--tls-server-name` is not given:
+/// the host of `addr`, or `localhost` for an IP address, which certificates rarely carry.
+fn default_server_name(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
+/// An error and its causes on one line: transport errors say what went wrong only in their
+/// sources (e.g. which certificate check failed).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        // tonic repeats its source in its own message at times.
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_defaults_to_the_host_or_localhost_for_an_ip() {
+        assert_eq!(
+            default_server_name("identity.example.com:50051"),
+            "identity.example.com"
+        );
+        assert_eq!(default_server_name("127.0.0.1:50051"), "localhost");
+        assert_eq!(default_server_name("[::1]:50051"), "localhost");
+        assert_eq!(default_server_name("identity"), "identity");
+    }
+
+    #[test]
+    fn probe_tls_flags_come_in_the_right_company() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["label-studio-identity", "probe", "--addr", "h:1"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        assert!(parse(&["--tls-ca", "ca.crt", "--tls-server-name", "h"]).is_ok());
+        assert!(parse(&["--tls-ca", "ca", "--tls-cert", "c", "--tls-key", "k"]).is_ok());
+        assert!(parse(&["--tls-server-name", "h"]).is_err());
+        assert!(parse(&["--tls-ca", "ca", "--tls-cert", "c"]).is_err());
+        assert!(parse(&["--tls-ca", "ca", "--tls-key", "k"]).is_err());
+        assert!(parse(&["--tls-cert", "c", "--tls-key", "k"]).is_err());
     }
 }

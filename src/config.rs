@@ -40,6 +40,55 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Gateways (IPs or CIDR blocks) whose `x-forwarded-for` names the client.
     pub trusted_proxies: Vec<String>,
+    pub tls: TlsSettings,
+}
+
+/// PEM files for TLS on the listeners; plaintext when no certificate is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Certificate chain, the server's own certificate first.
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates that sign the client certificates every caller must present (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The TLS files of a server that speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The files to serve TLS with, or `None` for plaintext. An empty path counts as unset, as
+    /// a chart leaves a variable empty rather than absent. Half a pair is refused.
+    pub fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        let set = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        match (set(&self.cert), set(&self.key), set(&self.client_ca)) {
+            (Some(cert), Some(key), client_ca) => Ok(Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            (Some(_), None, _) => anyhow::bail!(
+                "--tls-cert (server.tls.cert) is set without its private key: set --tls-key \
+                 (server.tls.key, IDENTITY_SERVER__TLS__KEY) too"
+            ),
+            (None, Some(_), _) => anyhow::bail!(
+                "--tls-key (server.tls.key) is set without its certificate: set --tls-cert \
+                 (server.tls.cert, IDENTITY_SERVER__TLS__CERT) too"
+            ),
+            (None, None, Some(_)) => anyhow::bail!(
+                "--tls-client-ca (server.tls.client_ca) needs TLS: set --tls-cert and --tls-key \
+                 (server.tls.cert and server.tls.key) too"
+            ),
+            (None, None, None) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +243,7 @@ impl Default for ServerSettings {
             max_request_bytes: 64 * 1024,
             max_concurrent_streams: 256,
             trusted_proxies: Vec::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -270,6 +320,9 @@ pub struct Overrides {
     pub password: Option<String>,
     pub user_token: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Label Studio's variable names and the settings they feed. Bare `USERNAME`, `PASSWORD` and
@@ -328,7 +381,8 @@ impl Settings {
                 parse_switch(&value).map_err(|e| anyhow::anyhow!("{SIGNUP_SWITCH}: {e}"))?;
             builder = builder.set_override("signup.disable_without_link", switch)?;
         }
-        let flags: [(&str, Option<String>); 8] = [
+        let path = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
+        let flags: [(&str, Option<String>); 11] = [
             ("server.host", overrides.host.clone()),
             ("server.port", overrides.port.map(|p| p.to_string())),
             ("server.public_url", overrides.public_url.clone()),
@@ -336,6 +390,9 @@ impl Settings {
                 "data_dir",
                 overrides.data_dir.as_ref().map(|d| d.display().to_string()),
             ),
+            ("server.tls.cert", path(&overrides.tls_cert)),
+            ("server.tls.key", path(&overrides.tls_key)),
+            ("server.tls.client_ca", path(&overrides.tls_client_ca)),
             ("bootstrap.username", overrides.username.clone()),
             ("bootstrap.password", overrides.password.clone()),
             ("bootstrap.user_token", overrides.user_token.clone()),
@@ -362,6 +419,7 @@ impl Settings {
 
     fn check(&self) -> anyhow::Result<()> {
         self.server.bind_addr()?;
+        self.server.tls.files()?;
         anyhow::ensure!(
             self.session.ttl_seconds > 0,
             "session.ttl_seconds must be positive"
@@ -485,6 +543,75 @@ mod tests {
         let settings = load(&[("IDENTITY_ARGON2__MEMORY_KIB", "1024")]).unwrap();
         assert_eq!(settings.argon2.memory_kib, 1024);
         assert!(load(&[("IDENTITY_ARGON2__MEMORY_KB", "1024")]).is_err());
+    }
+
+    #[test]
+    fn tls_files_come_from_the_environment_in_pairs() {
+        let settings = load(&[
+            ("IDENTITY_SERVER__TLS__CERT", "/tls/tls.crt"),
+            ("IDENTITY_SERVER__TLS__KEY", "/tls/tls.key"),
+            ("IDENTITY_SERVER__TLS__CLIENT_CA", "/tls/ca.crt"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.server.tls.files().unwrap(),
+            Some(TlsFiles {
+                cert: "/tls/tls.crt".into(),
+                key: "/tls/tls.key".into(),
+                client_ca: Some("/tls/ca.crt".into()),
+            })
+        );
+        let empty = load(&[("IDENTITY_SERVER__TLS__CERT", "")]).unwrap();
+        assert_eq!(empty.server.tls.files().unwrap(), None);
+
+        let cases: [(&[(&str, &str)], &str); 3] = [
+            (
+                &[("IDENTITY_SERVER__TLS__CERT", "/tls/tls.crt")],
+                "--tls-key",
+            ),
+            (
+                &[("IDENTITY_SERVER__TLS__KEY", "/tls/tls.key")],
+                "--tls-cert",
+            ),
+            (
+                &[("IDENTITY_SERVER__TLS__CLIENT_CA", "/tls/ca.crt")],
+                "needs TLS",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let error = load(vars).unwrap_err().to_string();
+            assert!(error.contains(expected), "{vars:?}: {error}");
+        }
+        assert!(load(&[("IDENTITY_SERVER__TLS__CA", "/tls/ca.crt")]).is_err());
+    }
+
+    #[test]
+    fn tls_flags_win_over_the_environment() {
+        let overrides = Overrides {
+            tls_cert: Some("/flag/tls.crt".into()),
+            tls_key: Some("/flag/tls.key".into()),
+            ..Overrides::default()
+        };
+        let vars = HashMap::from([
+            (
+                "IDENTITY_SERVER__TLS__CERT".to_owned(),
+                "/env/tls.crt".to_owned(),
+            ),
+            (
+                "IDENTITY_SERVER__TLS__CLIENT_CA".to_owned(),
+                "/env/ca.crt".to_owned(),
+            ),
+        ]);
+        let files = Settings::load_from(&overrides, &vars)
+            .unwrap()
+            .server
+            .tls
+            .files()
+            .unwrap()
+            .unwrap();
+        assert_eq!(files.cert, PathBuf::from("/flag/tls.crt"));
+        assert_eq!(files.key, PathBuf::from("/flag/tls.key"));
+        assert_eq!(files.client_ca, Some(PathBuf::from("/env/ca.crt")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     password::PasswordHasher,
     store::{self, Store, StoreError},
+    tls::{self, Alpn, ServerTls},
 };
 
 /// How often readiness re-checks the database.
@@ -36,6 +37,8 @@ pub struct Application {
     trusted_proxies: TrustedProxies,
     settings: Settings,
     bootstrap: Option<BootstrapAccount>,
+    /// TLS for the listeners, when configured; plaintext otherwise.
+    tls: Option<ServerTls>,
 }
 
 impl Application {
@@ -55,6 +58,12 @@ impl Application {
                 .map(secrecy::ExposeSecret::expose_secret),
         )?;
         let trusted_proxies = TrustedProxies::parse(&settings.server.trusted_proxies)?;
+        let tls = settings
+            .server
+            .tls
+            .files()?
+            .map(ServerTls::load)
+            .transpose()?;
         let accounts = build_accounts(&settings).await?;
         let addr = settings.server.bind_addr()?;
         let listener = bind(addr).await?;
@@ -70,11 +79,21 @@ impl Application {
             trusted_proxies,
             settings,
             bootstrap,
+            tls,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `"off"`, `"on"`, or `"mutual"` when clients must present a certificate.
+    pub fn tls_mode(&self) -> &'static str {
+        match &self.tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        }
     }
 
     /// Where `/metrics` is served, when it is.
@@ -119,7 +138,7 @@ impl Application {
 
         let (stop, stopped) = watch::channel(false);
         let mut stopped_signal = stopped.clone();
-        let server = Server::builder()
+        let router = Server::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(server_settings.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -129,11 +148,25 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(identity)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                let _ = stopped_signal.wait_for(|stop| *stop).await;
-            });
-        let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(server);
+            .add_service(identity);
+        let stop_serving = async move {
+            let _ = stopped_signal.wait_for(|stop| *stop).await;
+        };
+        // Plaintext keeps tonic's own path; TLS handshakes happen before tonic sees a connection.
+        let mut server: JoinHandle<Result<(), tonic::transport::Error>> =
+            match &self.tls {
+                None => tokio::spawn(router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(self.listener),
+                    stop_serving,
+                )),
+                Some(server_tls) => {
+                    tokio::spawn(server_tls.clone().watch(stopped.clone()));
+                    tokio::spawn(router.serve_with_incoming_shutdown(
+                        tls::incoming(self.listener, server_tls.acceptor(Alpn::H2)),
+                        stop_serving,
+                    ))
+                }
+            };
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve(
                 listener,

@@ -17,7 +17,11 @@ use rand::{Rng, distr::Alphanumeric};
 use secrecy::SecretString;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    transport::{Channel, ClientTlsConfig},
+};
 use tonic_types::StatusExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +222,7 @@ impl Drop for TestDb {
 
 /// A running server and a client connected to it.
 pub struct TestApp {
+    pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub client: IdentityServiceClient<Channel>,
     pub channel: Channel,
@@ -228,6 +233,15 @@ pub struct TestApp {
 impl TestApp {
     /// Starts a server on `db` with the given settings and waits until it is SERVING.
     pub async fn start(settings: Settings) -> Self {
+        Self::start_with(settings, None).await
+    }
+
+    /// Starts a TLS server, with a client that connects with `tls` and waits until it is SERVING.
+    pub async fn start_tls(settings: Settings, tls: ClientTlsConfig) -> Self {
+        Self::start_with(settings, Some(tls)).await
+    }
+
+    async fn start_with(settings: Settings, tls: Option<ClientTlsConfig>) -> Self {
         let app = Application::build(settings)
             .await
             .expect("build the server");
@@ -237,7 +251,12 @@ impl TestApp {
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        let mut app = Self::connect(addr).await;
+        let mut app = match tls {
+            None => Self::connect(addr).await,
+            Some(tls) => Self::connect_tls(addr, tls)
+                .await
+                .expect("connect to the server over TLS"),
+        };
         app.metrics_addr = metrics_addr;
         app.stop = Some(stop);
         app.handle = Some(handle);
@@ -252,7 +271,25 @@ impl TestApp {
             .connect()
             .await
             .expect("connect to the server");
+        Self::with_channel(addr, channel)
+    }
+
+    /// A TLS client of a server: trusting, presenting and expecting what `tls` says.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        tls: ClientTlsConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        Ok(Self::with_channel(addr, channel))
+    }
+
+    fn with_channel(addr: SocketAddr, channel: Channel) -> Self {
         Self {
+            addr,
             metrics_addr: None,
             client: IdentityServiceClient::new(channel.clone()),
             channel,

@@ -15,4 +15,5 @@ mod security;
 mod server;
 mod signup;
 mod throttle;
+mod tls;
 mod tokens;
