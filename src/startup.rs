@@ -10,7 +10,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
-    config::Settings,
+    config::{Durations, Settings},
     domain::ThrottleRule,
     grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, TrustedProxies, pb},
     metrics::Metrics,
@@ -31,12 +31,14 @@ pub struct Application {
     accounts: Accounts,
     trusted_proxies: TrustedProxies,
     settings: Settings,
+    durations: Durations,
     bootstrap: Option<BootstrapAccount>,
 }
 
 impl Application {
     /// Checks the settings, opens the store and binds the listener. Nothing is served yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let durations = settings.check()?;
         let bootstrap = BootstrapAccount::parse(
             settings.bootstrap.username.as_deref(),
             settings
@@ -55,7 +57,7 @@ impl Application {
         let addr = settings.server.bind_addr()?;
         let listener = bind(addr).await?;
         let metrics_listener = if settings.metrics.enabled {
-            Some(bind(SocketAddr::new(addr.ip(), settings.metrics.port)).await?)
+            Some(bind(settings.metrics_addr()?).await?)
         } else {
             None
         };
@@ -65,6 +67,7 @@ impl Application {
             accounts,
             trusted_proxies,
             settings,
+            durations,
             bootstrap,
         })
     }
@@ -137,6 +140,7 @@ impl Application {
                 self.accounts.hasher().clone(),
                 self.accounts.store().clone(),
                 stopped.clone(),
+                self.durations.metrics_header_read_timeout,
             ));
         }
         let mut readiness = tokio::spawn(readiness(
@@ -161,7 +165,7 @@ impl Application {
             .await;
         tracing::info!("shutting down: no new calls, finishing calls in flight");
         let _ = stop.send(true);
-        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
+        let grace = self.durations.shutdown_grace;
         match tokio::time::timeout(grace, &mut server).await {
             Ok(served) => served??,
             Err(_) => {
@@ -178,34 +182,29 @@ impl Application {
 
 /// The store, the hasher and the use cases, as every command needs them.
 pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
+    let durations = settings.check()?;
     let store = store::connect(settings).await?;
     let hasher = PasswordHasher::new(&settings.argon2)?;
     let throttle = &settings.throttle;
     let rule = |max_failures| ThrottleRule {
         max_failures,
-        base_delay: chrono::Duration::milliseconds(saturating_i64(throttle.base_delay_ms)),
-        max_delay: chrono::Duration::seconds(saturating_i64(throttle.max_delay_seconds)),
-        window: chrono::Duration::seconds(saturating_i64(throttle.window_seconds)),
+        base_delay: durations.throttle_base_delay,
+        max_delay: durations.throttle_max_delay,
+        window: durations.throttle_window,
     };
     let policy = Policy {
         disable_signup_without_link: settings.signup.disable_without_link,
-        session_ttl: chrono::Duration::seconds(saturating_i64(settings.session.ttl_seconds)),
+        session_ttl: durations.session_ttl,
         public_url: settings.server.public_url().map(str::to_owned),
         throttle: ThrottlePolicy {
             login_per_email: rule(throttle.login_failures_per_email),
             login_per_address: rule(throttle.login_failures_per_address),
             token_per_address: rule(throttle.token_failures_per_address),
             invite_per_address: rule(throttle.invite_failures_per_address),
+            ipv6_prefix_length: throttle.ipv6_prefix_length,
         },
     };
     Ok(Accounts::new(store, hasher, policy))
-}
-
-/// Seconds and milliseconds from settings, capped where chrono's durations end.
-fn saturating_i64(value: u64) -> i64 {
-    i64::try_from(value)
-        .unwrap_or(i64::MAX)
-        .min(i64::MAX / 1_000_000)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -45,6 +45,8 @@ pub struct ThrottlePolicy {
     pub token_per_address: ThrottleRule,
     /// Failed invite tokens per client address.
     pub invite_per_address: ThrottleRule,
+    /// IPv6 clients are throttled per network of this many leading bits.
+    pub ipv6_prefix_length: u8,
 }
 
 /// Who is calling and until when: passed into every use case.
@@ -240,7 +242,10 @@ impl Accounts {
     }
 
     fn address_key(&self, scope: &str, ctx: &Context) -> ThrottleKey {
-        ThrottleKey::new(scope, &ctx.client.to_string())
+        ThrottleKey::new(
+            scope,
+            &crate::domain::throttle_subject(ctx.client, self.policy.throttle.ipv6_prefix_length),
+        )
     }
 
     /// Looks a token up with the client's token throttle; counts a failure when it is unknown.

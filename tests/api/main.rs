@@ -4,6 +4,7 @@ mod helpers;
 
 mod authenticate;
 mod cli;
+mod environment;
 mod faults;
 mod hostile;
 mod import;
