@@ -175,8 +175,15 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Probe(args) => return probe(args).await,
     }
-    let settings = Settings::load(&overrides)?;
+    let loaded = Settings::load(&overrides)?;
+    let settings = loaded.settings;
     telemetry::init(settings.log.format);
+    for warning in &loaded.warnings {
+        tracing::warn!(
+            variable = %warning.variable,
+            "environment variable ignored: not a setting of this service (settings are IDENTITY_<SECTION>__<KEY>)"
+        );
+    }
     match command {
         Command::Start(_) => {
             let app = Application::build(settings).await?;

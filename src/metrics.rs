@@ -4,7 +4,7 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -15,7 +15,10 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
 
 use crate::{password::PasswordHasher, store::Store};
 
@@ -226,27 +229,52 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Serves `GET /metrics` until `stopped` turns true.
+/// Connections served at once; further ones wait in the listen backlog until one ends.
+const MAX_CONNECTIONS: usize = 32;
+/// Headers a scrape may send, and their total size.
+const MAX_HEADERS: usize = 32;
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The first and the longest pause after a failed `accept` (out of file descriptors, say),
+/// so a persistent failure doesn't spin a core.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `GET /metrics` until `stopped` turns true. A connection that takes longer than
+/// `header_read_timeout` to send a request's headers, or idles that long between requests, is
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     hasher: PasswordHasher,
     store: Arc<dyn Store>,
     mut stopped: watch::Receiver<bool>,
+    header_read_timeout: Duration,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF_START;
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics listener failed to accept");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = accept(&listener, &slots) => accepted,
             _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let (stream, slot) = match accepted {
+            Ok(connection) => {
+                backoff = ACCEPT_BACKOFF_START;
+                connection
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "metrics listener failed to accept");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
         };
         let (metrics, hasher, store) = (metrics.clone(), hasher.clone(), store.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let response = if request.uri().path() == "/metrics" {
                     Response::builder()
@@ -270,8 +298,26 @@ pub async fn serve(
                 }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_headers(MAX_HEADERS)
+                .max_header_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// Waits for a free connection slot, then for a connection.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, OwnedSemaphorePermit)> {
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, slot))
 }

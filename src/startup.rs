@@ -11,7 +11,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
-    config::Settings,
+    config::{Durations, Settings},
     domain::ThrottleRule,
     grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, TrustedProxies, pb},
     metrics::Metrics,
@@ -36,6 +36,7 @@ pub struct Application {
     accounts: Accounts,
     trusted_proxies: TrustedProxies,
     settings: Settings,
+    durations: Durations,
     bootstrap: Option<BootstrapAccount>,
     /// TLS for the listeners, when configured; plaintext otherwise.
     tls: Option<ServerTls>,
@@ -44,6 +45,7 @@ pub struct Application {
 impl Application {
     /// Checks the settings, opens the store and binds the listener. Nothing is served yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let durations = settings.check()?;
         let bootstrap = BootstrapAccount::parse(
             settings.bootstrap.username.as_deref(),
             settings
@@ -68,7 +70,7 @@ impl Application {
         let addr = settings.server.bind_addr()?;
         let listener = bind(addr).await?;
         let metrics_listener = if settings.metrics.enabled {
-            Some(bind(SocketAddr::new(addr.ip(), settings.metrics.port)).await?)
+            Some(bind(settings.metrics_addr()?).await?)
         } else {
             None
         };
@@ -78,6 +80,7 @@ impl Application {
             accounts,
             trusted_proxies,
             settings,
+            durations,
             bootstrap,
             tls,
         })
@@ -174,6 +177,7 @@ impl Application {
                 self.accounts.hasher().clone(),
                 self.accounts.store().clone(),
                 stopped.clone(),
+                self.durations.metrics_header_read_timeout,
             ));
         }
         let mut readiness = tokio::spawn(readiness(
@@ -199,7 +203,7 @@ impl Application {
             .await;
         tracing::info!("shutting down: no new calls, finishing calls in flight");
         let _ = stop.send(true);
-        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
+        let grace = self.durations.shutdown_grace;
         match tokio::time::timeout(grace, &mut server).await {
             Ok(served) => served??,
             Err(_) => {
@@ -216,21 +220,20 @@ impl Application {
 
 /// The store, the hasher and the use cases, as every command needs them.
 pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
+    let durations = settings.check()?;
     let store = store::connect(settings).await?;
     let hasher = PasswordHasher::new(&settings.argon2)?;
     let throttle = &settings.throttle;
     let rule = |max_failures| ThrottleRule {
         max_failures,
-        base_delay: chrono::Duration::milliseconds(saturating_i64(throttle.base_delay_ms)),
-        max_delay: chrono::Duration::seconds(saturating_i64(throttle.max_delay_seconds)),
-        window: chrono::Duration::seconds(saturating_i64(throttle.window_seconds)),
+        base_delay: durations.throttle_base_delay,
+        max_delay: durations.throttle_max_delay,
+        window: durations.throttle_window,
     };
     let policy = Policy {
         disable_signup_without_link: settings.signup.disable_without_link,
-        session_ttl: chrono::Duration::seconds(saturating_i64(settings.session.ttl_seconds)),
-        session_max_idle: chrono::Duration::seconds(saturating_i64(
-            settings.session.max_idle_seconds,
-        )),
+        session_ttl: durations.session_ttl,
+        session_max_idle: durations.session_max_idle,
         public_url: settings.server.public_url().map(str::to_owned),
         throttle: ThrottlePolicy {
             login_per_email: rule(throttle.login_failures_per_email),
@@ -238,17 +241,11 @@ pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
             token_per_address: rule(throttle.token_failures_per_address),
             invite_per_address: rule(throttle.invite_failures_per_address),
             in_flight_per_address: throttle.in_flight_per_address,
+            ipv6_prefix_length: throttle.ipv6_prefix_length,
         },
-        audit_retention: chrono::Duration::days(i64::from(settings.audit.retention_days)),
+        audit_retention: durations.audit_retention,
     };
     Ok(Accounts::new(store, hasher, policy))
-}
-
-/// Seconds and milliseconds from settings, capped where chrono's durations end.
-fn saturating_i64(value: u64) -> i64 {
-    i64::try_from(value)
-        .unwrap_or(i64::MAX)
-        .min(i64::MAX / 1_000_000)
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

@@ -63,6 +63,8 @@ pub struct ThrottlePolicy {
     /// Token and invite checks one client address may have in flight on one replica: a burst
     /// of guesses checks at most the limit plus this many before the block stops it.
     pub in_flight_per_address: usize,
+    /// IPv6 clients are throttled per network of this many leading bits.
+    pub ipv6_prefix_length: u8,
 }
 
 /// Who is calling and until when: passed into every use case.
@@ -247,7 +249,10 @@ impl Accounts {
 
     /// The throttle key of the client's address for one kind of attempt.
     fn address_key(&self, scope: &str, ctx: &Context) -> ThrottleKey {
-        ThrottleKey::new(scope, &ctx.client.to_string())
+        ThrottleKey::new(
+            scope,
+            &crate::domain::throttle_subject(ctx.client, self.policy.throttle.ipv6_prefix_length),
+        )
     }
 
     fn link(&self, token: InviteToken) -> InviteLink {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 pub use email::Email;
 pub use names::{PersonName, Username};
 pub use password::Password;
-pub use throttle::{ThrottleKey, ThrottleRule};
+pub use throttle::{ThrottleKey, ThrottleRule, throttle_subject};
 pub use tokens::{ApiToken, InviteToken, SessionToken, TokenHash, UserToken};
 
 /// Why an input was refused: a stable machine-readable reason and a human sentence.

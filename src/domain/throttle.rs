@@ -1,4 +1,7 @@
-//! Throttling arithmetic: how long a key waits after repeated failures.
+//! Throttling arithmetic: how long a key waits after repeated failures, and which client
+//! addresses count as one.
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -58,6 +61,24 @@ impl ThrottleKey {
     }
 }
 
+/// The subject a client address is throttled under. An IPv4 address (also one mapped into
+/// IPv6) stands for itself; an IPv6 address stands for its network of `ipv6_prefix_length`
+/// leading bits (at most 128), written as `2001:db8:1:2::/64`, since one host commonly holds a
+/// whole /64 and could otherwise take a fresh address for every guess.
+pub fn throttle_subject(client: IpAddr, ipv6_prefix_length: u8) -> String {
+    let v6 = match client {
+        IpAddr::V4(v4) => return v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => return v4.to_string(),
+            None => v6,
+        },
+    };
+    let length = ipv6_prefix_length.min(128);
+    let mask = u128::MAX.checked_shl(128 - u32::from(length)).unwrap_or(0);
+    let network = Ipv6Addr::from(u128::from(v6) & mask);
+    format!("{network}/{length}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +101,34 @@ mod tests {
         assert_eq!(rule.delay_after(8), Some(Duration::seconds(32)));
         assert_eq!(rule.delay_after(30), Some(Duration::minutes(15)));
         assert_eq!(rule.delay_after(u32::MAX), Some(Duration::minutes(15)));
+    }
+
+    fn subject(ip: &str, length: u8) -> String {
+        throttle_subject(ip.parse().unwrap(), length)
+    }
+
+    #[test]
+    fn ipv4_clients_are_throttled_per_address() {
+        assert_eq!(subject("203.0.113.7", 64), "203.0.113.7");
+        assert_eq!(subject("::ffff:203.0.113.7", 64), "203.0.113.7");
+    }
+
+    #[test]
+    fn ipv6_clients_are_throttled_per_network() {
+        assert_eq!(subject("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            subject("2001:db8:1:2:ffff:ffff:ffff:ffff", 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_ne!(
+            subject("2001:db8:1:3::1", 64),
+            subject("2001:db8:1:2::1", 64)
+        );
+        assert_eq!(subject("2001:db8:1:2ff::1", 56), "2001:db8:1:200::/56");
+        assert_eq!(subject("2001:db8::1", 128), "2001:db8::1/128");
+        assert_eq!(subject("2001:db8::1", 200), "2001:db8::1/128");
+        assert_eq!(subject("2001:db8::1", 0), "::/0");
+        assert_eq!(subject("::1", 64), "::/64");
     }
 
     #[test]

@@ -191,11 +191,14 @@ impl InviteToken {
     }
 }
 
+/// The `token` query parameter; when it is given more than once the last one counts, as in
+/// Django's `request.GET`, so the link means the same here as in Label Studio.
 fn query_token(query: &str) -> Option<&str> {
     let query = query.split('#').next().unwrap_or(query);
     query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
+        .filter_map(|pair| pair.strip_prefix("token="))
+        .next_back()
         .filter(|token| !token.is_empty())
 }
 
@@ -244,6 +247,25 @@ mod tests {
         ] {
             assert!(InviteToken::parse_invite(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_repeated_token_parameter_means_the_last_one_as_in_django() {
+        for (input, expected) in [
+            ("/user/signup/?token=first&token=last", "last"),
+            ("/user/signup/?token=first&next=/x&token=last#top", "last"),
+            (
+                "https://ls.example.com/user/signup/?token=a&token=b&token=c",
+                "c",
+            ),
+        ] {
+            assert_eq!(
+                InviteToken::parse_invite(input).unwrap().as_str(),
+                expected,
+                "{input}"
+            );
+        }
+        assert!(InviteToken::parse_invite("/user/signup/?token=first&token=").is_err());
     }
 
     #[test]

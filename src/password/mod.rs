@@ -25,9 +25,9 @@ use crate::{config::Argon2Settings, domain::Password};
 
 /// Upper bounds for parameters read from stored hashes, so that a planted row cannot make a
 /// login cost minutes or gigabytes.
-const MAX_STORED_MEMORY_KIB: u32 = 1024 * 1024;
-const MAX_STORED_ITERATIONS: u32 = 64;
-const MAX_STORED_PARALLELISM: u32 = 16;
+pub const MAX_STORED_MEMORY_KIB: u32 = 1024 * 1024;
+pub const MAX_STORED_ITERATIONS: u32 = 64;
+pub const MAX_STORED_PARALLELISM: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {

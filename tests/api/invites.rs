@@ -276,6 +276,37 @@ async fn registrations_racing_a_reset_never_pass_with_the_old_token(backend: Bac
     );
 }
 
+async fn a_repeated_token_parameter_means_the_last_one_as_in_django(backend: Backend) {
+    let (app, _db) = spawn_app(backend).await;
+    let owner = app.sign_up("owner@example.com", PASSWORD).await;
+    let link = app
+        .invite_link(&format!("Token {}", owner.api_token))
+        .await
+        .expect("link");
+    let stale = "StaleToken0000000000000000000000000000000";
+
+    let last_is_current = app
+        .register(
+            &format!("/user/signup/?token={stale}&token={}", link.token),
+            "last@example.com",
+            PASSWORD,
+        )
+        .await;
+    let first_is_current = app
+        .register(
+            &format!("/user/signup/?token={}&token={stale}", link.token),
+            "first@example.com",
+            PASSWORD,
+        )
+        .await;
+
+    assert_eq!(
+        last_is_current.expect("the last token counts").organization,
+        owner.organization
+    );
+    assert_refused(first_is_current, Code::PermissionDenied, "INVITE_INVALID");
+}
+
 on_both_backends!(
     any_member_reads_the_same_invite_link,
     the_invite_url_starts_with_the_public_url,
@@ -286,4 +317,5 @@ on_both_backends!(
     malformed_invites_are_invalid_arguments,
     a_removed_member_cannot_use_the_organization,
     registrations_racing_a_reset_never_pass_with_the_old_token,
+    a_repeated_token_parameter_means_the_last_one_as_in_django,
 );

@@ -5,6 +5,7 @@ mod helpers;
 mod authenticate;
 mod cli;
 mod costs;
+mod environment;
 mod faults;
 mod hostile;
 mod import;

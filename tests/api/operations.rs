@@ -9,7 +9,9 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    helpers::{Backend, ServerProcess, TestDb, http_get, join_all, sign_up, spawn_app},
+    helpers::{
+        Backend, ServerProcess, TestDb, http_get, join_all, sign_up, spawn_app, spawn_app_with,
+    },
     on_both_backends,
 };
 
@@ -133,6 +135,59 @@ async fn sigterm_lets_calls_in_flight_finish(backend: Backend) {
     assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 8);
     assert_eq!(db.count("SELECT COUNT(*) FROM memberships").await, 8);
     assert_eq!(db.count("SELECT COUNT(*) FROM tokens").await, 16);
+}
+
+/// Reads from `stream` until the server closes it; `false` if it is still open after `wait`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    tokio::time::timeout(wait, stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+/// The metrics listener doesn't touch the store; SQLite is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_clients_that_send_nothing_are_disconnected_while_scrapes_go_on() {
+    use tokio::io::AsyncWriteExt;
+    let (app, _db) = spawn_app_with(Backend::Sqlite, |s| {
+        s.metrics.header_read_timeout_ms = 300;
+    })
+    .await;
+    let addr = app.metrics_addr.expect("metrics are served");
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+
+    let scraped = app.metrics().await;
+
+    assert!(scraped.contains("identity_argon2_in_flight"), "{scraped}");
+    // Generous: the timeout is 300 ms, but the machine may be busy.
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20)).await,
+        "a silent connection stays open"
+    );
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(20)).await,
+        "a connection that never finishes its headers stays open"
+    );
+    assert!(app.metrics().await.contains("identity_argon2_in_flight"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_on_their_own_host_when_one_is_set() {
+    let (app, _db) = spawn_app_with(Backend::Sqlite, |s| {
+        s.server.host = "0.0.0.0".into();
+        s.metrics.host = Some("127.0.0.1".into());
+    })
+    .await;
+
+    let addr = app.metrics_addr.expect("metrics are served");
+
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert!(app.metrics().await.contains("identity_argon2_in_flight"));
 }
 
 on_both_backends!(

@@ -254,35 +254,45 @@ async fn failed_invite_tokens_throttle_the_address(backend: Backend) {
     assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
 }
 
-async fn the_client_address_comes_from_a_trusted_gateway_only(backend: Backend) {
-    let (app, _db) = spawn_app_with(backend, |s| {
-        s.throttle.login_failures_per_address = 2;
+/// Settings for a server behind a gateway on 127.0.0.1 that allows `limit` failed logins per
+/// client address.
+fn behind_a_gateway(limit: u32) -> impl FnOnce(&mut Settings) {
+    move |s| {
+        s.throttle.login_failures_per_address = limit;
         s.throttle.base_delay_ms = 60_000;
         s.server.trusted_proxies = vec!["127.0.0.1".into()];
-    })
-    .await;
-    let from = |addr: &str, email: &str| {
-        let mut request = tonic::Request::new(login(email, "wrong-password"));
-        request
-            .metadata_mut()
-            .insert("x-forwarded-for", addr.parse().unwrap());
-        let mut client = app.client.clone();
-        async move { client.authenticate(request).await }
-    };
+    }
+}
+
+/// A wrong login as the gateway forwards it, with this `x-forwarded-for`.
+async fn forwarded_login(
+    app: &TestApp,
+    forwarded_for: &str,
+    email: &str,
+) -> Result<tonic::Response<label_studio_identity::grpc::pb::AuthenticateResponse>, tonic::Status> {
+    let mut request = tonic::Request::new(login(email, "wrong-password"));
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    app.client.clone().authenticate(request).await
+}
+
+async fn the_client_address_comes_from_a_trusted_gateway_only(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, behind_a_gateway(2)).await;
 
     for i in 0..2 {
-        from("203.0.113.1", &format!("a{i}@example.com"))
+        forwarded_login(&app, "203.0.113.1", &format!("a{i}@example.com"))
             .await
             .expect_err("wrong");
     }
 
     assert_refused(
-        from("203.0.113.1, 10.0.0.1", "b@example.com").await,
+        forwarded_login(&app, "198.51.100.9, 203.0.113.1", "b@example.com").await,
         Code::ResourceExhausted,
         "THROTTLED",
     );
     assert_refused(
-        from("203.0.113.2", "c@example.com").await,
+        forwarded_login(&app, "203.0.113.2", "c@example.com").await,
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
@@ -485,6 +495,85 @@ async fn chosen_token_refusals_count_as_token_guesses(backend: Backend) {
     assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 2);
 }
 
+async fn a_client_rotating_forged_first_hops_is_throttled_as_its_own_address(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, behind_a_gateway(3)).await;
+    // The attacker writes any first hops it likes; the gateway appends its real address.
+    let attacker = "198.51.100.7";
+
+    let mut answers = Vec::new();
+    for i in 1..=6 {
+        let forged = format!("192.0.2.{i}, 192.0.2.{}", i + 100);
+        answers.push(
+            forwarded_login(
+                &app,
+                &format!("{forged}, {attacker}"),
+                &format!("p{i}@example.com"),
+            )
+            .await,
+        );
+    }
+    let victim = forwarded_login(&app, "192.0.2.1", "victim@example.com").await;
+
+    let codes: Vec<Code> = answers
+        .iter()
+        .map(|answer| answer.as_ref().expect_err("wrong password").code())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted,
+        ]
+    );
+    assert_refused(victim, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM audit_events \
+             WHERE client_addr LIKE '192.0.2.%' AND client_addr <> '192.0.2.1'"
+        )
+        .await,
+        0,
+        "forged hops never reach the audit trail"
+    );
+    assert!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM audit_events WHERE client_addr = '{attacker}'"
+        ))
+        .await
+            >= 1
+    );
+}
+
+async fn ipv6_clients_share_a_throttle_per_network_not_per_address(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, behind_a_gateway(2)).await;
+
+    for (host, email) in [
+        ("2001:db8:1:2::a", "a@example.com"),
+        ("2001:db8:1:2::b", "b@example.com"),
+    ] {
+        assert_refused(
+            forwarded_login(&app, host, email).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let same_network = forwarded_login(&app, "2001:db8:1:2:ffff::1", "c@example.com").await;
+    let next_network = forwarded_login(&app, "2001:db8:1:3::a", "d@example.com").await;
+
+    assert_refused(same_network, Code::ResourceExhausted, "THROTTLED");
+    assert_refused(next_network, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE client_addr = '2001:db8:1:2::b'")
+            .await
+            >= 1,
+        "the audit trail keeps the whole address"
+    );
+}
+
 on_both_backends!(
     failed_logins_throttle_the_email_before_any_hashing,
     unknown_emails_are_throttled_like_known_ones,
@@ -500,4 +589,6 @@ on_both_backends!(
     a_burst_of_token_guesses_checks_at_most_the_limit_plus_those_in_flight,
     a_burst_of_invite_guesses_looks_up_at_most_the_limit_plus_those_in_flight,
     chosen_token_refusals_count_as_token_guesses,
+    a_client_rotating_forged_first_hops_is_throttled_as_its_own_address,
+    ipv6_clients_share_a_throttle_per_network_not_per_address,
 );
