@@ -36,6 +36,10 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// How long before the caller's deadline a store call gives up, so that the refusal still
+/// reaches the caller in time.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Rules that come from configuration.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -191,7 +195,13 @@ impl Accounts {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, AccountsError> {
         match ctx.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+            // A little before the deadline, so the answer reaches the caller before it gives up.
+            Some(deadline) => match tokio::time::timeout_at(
+                deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline),
+                call,
+            )
+            .await
+            {
                 Ok(outcome) => Ok(outcome?),
                 Err(_) => Err(AccountsError::Unavailable(None)),
             },
@@ -205,7 +215,7 @@ impl Accounts {
         let client = ctx.client.to_string();
         let event = record.event(ctx.now, &client);
         audit::log(&event);
-        if let Err(error) = self.store.audit(&event).await {
+        if let Err(error) = self.db(ctx, self.store.audit(&event)).await {
             tracing::warn!(%error, event = record.event, "audit write failed");
         }
     }

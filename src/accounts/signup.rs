@@ -184,7 +184,9 @@ impl Accounts {
         if let Err(error) = &created
             && !matches!(
                 error,
-                AccountsError::UserTokenTaken | AccountsError::InviteInvalid
+                AccountsError::UserTokenTaken
+                    | AccountsError::InviteInvalid
+                    | AccountsError::Unavailable(_)
             )
         {
             self.audit(ctx, Audit::failure(event, error.reason()).email(&email))

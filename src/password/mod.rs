@@ -194,8 +194,16 @@ impl PasswordHasher {
                 let started = Instant::now();
                 let (verdict, current) =
                     verify_blocking(&inner.memory, &inner.params, &stored, password.expose());
+                let took = started.elapsed();
                 if current {
-                    record_average(&inner.current_nanos, started.elapsed());
+                    record_average(&inner.current_nanos, took);
+                } else if known {
+                    // A costlier hash than the floor was measured for (a busy machine, a kind
+                    // stored since): pad every check to it from now on.
+                    inner.floor_nanos.fetch_max(
+                        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                 }
                 Ok((verdict, started))
             })
@@ -216,8 +224,10 @@ impl PasswordHasher {
     }
 
     /// Pads every check to at least `floor` (what the costliest stored hash of another kind
-    /// takes, as [`PasswordHasher::measure`] found).
+    /// takes, as [`PasswordHasher::measure`] found), with a tenth more for the variation
+    /// between one check and the next.
     pub fn set_floor(&self, floor: Duration) {
+        let floor = floor + floor / 10;
         self.inner.floor_nanos.store(
             u64::try_from(floor.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,

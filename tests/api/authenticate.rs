@@ -276,7 +276,44 @@ async fn an_authenticate_without_credentials_is_an_invalid_argument(backend: Bac
     assert_refused(result, Code::InvalidArgument, "CREDENTIALS_REQUIRED");
 }
 
+/// Label Studio's CLI and its reset set passwords of any length: an imported account whose
+/// password is shorter than the signup rules allow still logs in with it (the 8 to 128 rule
+/// applies when a password is set), and its hash is replaced like any imported one.
+async fn an_imported_password_shorter_than_the_rules_still_logs_in(backend: Backend) {
+    let (app, db) = spawn_app(backend).await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+    let hash = crate::helpers::django_pbkdf2("abc", 1_000);
+    db.execute(&format!(
+        "UPDATE users SET password_hash = '{hash}' WHERE email = 'ann@example.com'"
+    ))
+    .await;
+
+    app.login("ann@example.com", "abc")
+        .await
+        .expect("the short imported password");
+
+    let after = db
+        .fetch_string("SELECT password_hash FROM users")
+        .await
+        .unwrap();
+    assert!(after.starts_with("$argon2id$"), "{after}");
+    app.login("ann@example.com", "abc")
+        .await
+        .expect("the short password against its new hash");
+    assert_refused(
+        app.login("ann@example.com", "abd").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    assert_refused(
+        app.login("ann@example.com", "").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+}
+
 on_both_backends!(
+    an_imported_password_shorter_than_the_rules_still_logs_in,
     a_password_login_starts_a_session,
     unknown_emails_wrong_passwords_and_inactive_users_fail_alike,
     a_token_login_accepts_api_and_session_tokens_and_starts_nothing,

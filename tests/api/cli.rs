@@ -298,7 +298,200 @@ async fn without_a_database_url_the_server_runs_on_sqlite_in_the_data_dir() {
     assert!(dir.path().join("identity.sqlite3").exists());
 }
 
+/// A login racing `reset-password` can neither undo the reset nor keep a session: a login
+/// verified against the old password rehashes only the hash it verified and starts a session
+/// only from a credential that is still current. Once the command has returned, the old
+/// password and every session made before it are refused. Run over several rounds, since a
+/// race is a matter of timing.
+async fn reset_password_wins_every_race_with_logins_in_flight(backend: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use label_studio_identity::{
+        config::Argon2Settings, domain::Password, password::PasswordHasher,
+    };
+
+    let db = TestDb::new(backend).await;
+    let mut settings = db.settings();
+    settings.throttle.login_failures_per_email = 100_000;
+    settings.throttle.login_failures_per_address = 100_000;
+    settings.throttle.token_failures_per_address = 100_000;
+    let app = Arc::new(TestApp::start(settings).await);
+    app.sign_up("ann@example.com", "first-password").await;
+    // Older, cheaper parameters: every successful login with them also rehashes.
+    let stale = PasswordHasher::new(&Argon2Settings {
+        memory_kib: 32,
+        iterations: 1,
+        parallelism: 1,
+        max_concurrent: 1,
+        max_waiting: 1,
+    })
+    .unwrap();
+
+    let mut raced = 0;
+    for round in 0..4 {
+        let old = format!("old-password-{round}");
+        let new = format!("new-password-{round}");
+        let hash = stale
+            .hash(&Password::parse(&old).unwrap(), None)
+            .await
+            .unwrap();
+        db.execute(&format!(
+            "UPDATE users SET password_hash = '{hash}' WHERE email = 'ann@example.com'"
+        ))
+        .await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let logins: Vec<_> = (0..6)
+            .map(|_| {
+                let (app, stop, old) = (app.clone(), stop.clone(), old.clone());
+                tokio::spawn(async move {
+                    let mut sessions = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(login) = app.login("ann@example.com", &old).await {
+                            sessions.push(login.session_token);
+                        }
+                    }
+                    sessions
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let reset = {
+            let args = [
+                "reset-password".to_owned(),
+                "--username".to_owned(),
+                "ann@example.com".to_owned(),
+                "--password".to_owned(),
+                new.clone(),
+            ];
+            let command = crate::helpers::command(&db, &[], &[]);
+            tokio::task::spawn_blocking(move || {
+                let mut command = command;
+                command.args(args).output().expect("run reset-password")
+            })
+            .await
+            .unwrap()
+        };
+        assert!(reset.status.success(), "{reset:?}");
+        // Logins still in flight finish; none of them may leave a working session behind.
+        stop.store(true, Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for login in logins {
+            sessions.extend(login.await.unwrap());
+        }
+
+        assert_refused(
+            app.login("ann@example.com", &old).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+        app.login("ann@example.com", &new)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the new password works: {e:?}"));
+        raced += sessions.len();
+        for session in sessions {
+            assert_refused(
+                app.token_login(&session).await,
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+            );
+        }
+    }
+    assert!(
+        raced > 0,
+        "no login got in before a reset: nothing was raced"
+    );
+}
+
+/// The bootstrap account is created before the service reports ready or serves any call, so a
+/// signup racing the start can never take its email.
+async fn no_call_is_served_before_the_bootstrap_account_exists(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let port = free_port();
+    // Slow hashing makes the window between migrations and the bootstrap's commit wide.
+    let mut child = crate::helpers::command(
+        &db,
+        &["start", "--port", &port.to_string(), "--host", "127.0.0.1"],
+        &[
+            ("LABEL_STUDIO_USERNAME", "boot@example.com"),
+            ("LABEL_STUDIO_PASSWORD", "bootstrap-password"),
+            ("IDENTITY_ARGON2__MEMORY_KIB", "65536"),
+            ("IDENTITY_ARGON2__ITERATIONS", "8"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    let app = loop {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break TestApp::with_channel(addr, channel);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    let mut answers = Vec::new();
+    loop {
+        let signup = app
+            .client
+            .clone()
+            .create_user(crate::helpers::sign_up(
+                "boot@example.com",
+                "squatter-password",
+            ))
+            .await;
+        let serving = app
+            .health(label_studio_identity::grpc::SERVICE_NAME)
+            .await
+            .ok()
+            == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        answers.push(signup.map(|_| ()));
+        if serving {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never served");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for answer in &answers {
+        match answer {
+            Err(status) if matches!(status.code(), Code::Unavailable | Code::AlreadyExists) => {}
+            other => panic!("a signup took the bootstrap email: {other:?}"),
+        }
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|a| matches!(a, Err(s) if s.code() == Code::Unavailable)),
+        "the test raced nothing: {} answers",
+        answers.len()
+    );
+    assert_eq!(
+        db.fetch_string("SELECT username FROM users WHERE email = 'boot@example.com'")
+            .await
+            .as_deref(),
+        Some("boot")
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
 on_both_backends!(
+    reset_password_wins_every_race_with_logins_in_flight,
+    no_call_is_served_before_the_bootstrap_account_exists,
     bootstrap_creates_the_account_once_and_leaves_it_as_is,
     two_replicas_bootstrapping_at_once_give_one_account,
     bad_bootstrap_input_stops_the_start_with_a_clear_message,

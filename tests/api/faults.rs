@@ -200,6 +200,52 @@ async fn two_replicas_share_one_throttle(backend: Backend) {
     }
 }
 
+/// Another writer holding SQLite's lock makes calls wait, then answer UNAVAILABLE with
+/// RetryInfo, never INTERNAL, and within the caller's deadline when it sets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_sqlite_database_answers_unavailable_in_time() {
+    use sqlx::SqliteConnection;
+    let (app, db) = crate::helpers::spawn_app_with(Backend::Sqlite, |s| {
+        s.database.acquire_timeout_ms = 500;
+    })
+    .await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+    let mut writer = SqliteConnection::connect(&db.url).await.unwrap();
+    writer.execute("BEGIN IMMEDIATE").await.unwrap();
+    writer
+        .execute("UPDATE users SET first_name = 'held'")
+        .await
+        .unwrap();
+
+    let mut within_deadline = tonic::Request::new(sign_up("bob@example.com", PASSWORD));
+    within_deadline.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let signup = app.client.clone().create_user(within_deadline).await;
+    let signup_took = started.elapsed();
+    let started = Instant::now();
+    let login = app.login("ann@example.com", PASSWORD).await;
+    let login_took = started.elapsed();
+
+    for (call, took, limit) in [
+        (signup.map(drop), signup_took, Duration::from_millis(700)),
+        (login.map(drop), login_took, Duration::from_millis(1500)),
+    ] {
+        let status = call.expect_err("the database is locked");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            tonic_types::StatusExt::get_details_retry_info(&status).is_some(),
+            "{status:?}"
+        );
+        assert!(took < limit, "answered after {took:?}");
+    }
+
+    writer.execute("ROLLBACK").await.unwrap();
+    app.login("ann@example.com", PASSWORD)
+        .await
+        .expect("the lock is gone");
+    assert_eq!(db.count("SELECT COUNT(*) FROM users").await, 1);
+}
+
 on_both_backends!(
     a_server_killed_mid_write_leaves_nothing_half_made,
     two_replicas_share_one_throttle

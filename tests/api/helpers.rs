@@ -287,7 +287,7 @@ impl TestApp {
         Ok(Self::with_channel(addr, channel))
     }
 
-    fn with_channel(addr: SocketAddr, channel: Channel) -> Self {
+    pub fn with_channel(addr: SocketAddr, channel: Channel) -> Self {
         Self {
             addr,
             metrics_addr: None,
@@ -836,4 +836,26 @@ where
         outputs.push(handle.await.expect("task"));
     }
     outputs
+}
+
+/// A Django `pbkdf2_sha256` hash of `password`, as Label Studio stores one (it uses 1,000,000
+/// iterations; tests choose fewer).
+pub fn django_pbkdf2(password: &str, iterations: u32) -> String {
+    use base64::Engine as _;
+    let salt: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(22)
+        .map(char::from)
+        .collect();
+    let mut derived = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<pbkdf2::sha2::Sha256>(
+        password.as_bytes(),
+        salt.as_bytes(),
+        iterations,
+        &mut derived,
+    );
+    format!(
+        "pbkdf2_sha256${iterations}${salt}${}",
+        base64::engine::general_purpose::STANDARD.encode(derived)
+    )
 }
