@@ -29,6 +29,8 @@ pub struct ServerSettings {
     /// Bind address.
     pub host: String,
     pub port: u16,
+    /// Port of the HTTP listener (gateway checks) on the same address; 0 picks a free one.
+    pub http_port: u16,
     /// Public URL of Label Studio, prefixed to invite links.
     pub public_url: Option<String>,
     /// How long calls in flight may run on after a shutdown signal.
@@ -63,6 +65,8 @@ pub struct SignupSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSettings {
     pub ttl_seconds: u64,
+    /// The cookie that carries the session token to the gateway checks (Label Studio's name).
+    pub cookie_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +150,7 @@ impl Default for Settings {
             },
             session: SessionSettings {
                 ttl_seconds: 14 * 24 * 60 * 60,
+                cookie_name: "sessionid".into(),
             },
             argon2: Argon2Settings::default(),
             bootstrap: BootstrapSettings::default(),
@@ -166,6 +171,7 @@ impl Default for ServerSettings {
         Self {
             host: "0.0.0.0".into(),
             port: 50051,
+            http_port: 8080,
             public_url: None,
             shutdown_grace_seconds: 20,
             max_request_bytes: 64 * 1024,
@@ -241,6 +247,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub http_port: Option<u16>,
     pub public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub username: Option<String>,
@@ -305,9 +312,13 @@ impl Settings {
                 parse_switch(&value).map_err(|e| anyhow::anyhow!("{SIGNUP_SWITCH}: {e}"))?;
             builder = builder.set_override("signup.disable_without_link", switch)?;
         }
-        let flags: [(&str, Option<String>); 8] = [
+        let flags: [(&str, Option<String>); 9] = [
             ("server.host", overrides.host.clone()),
             ("server.port", overrides.port.map(|p| p.to_string())),
+            (
+                "server.http_port",
+                overrides.http_port.map(|p| p.to_string()),
+            ),
             ("server.public_url", overrides.public_url.clone()),
             (
                 "data_dir",
@@ -344,6 +355,11 @@ impl Settings {
             "session.ttl_seconds must be positive"
         );
         anyhow::ensure!(
+            is_cookie_name(&self.session.cookie_name),
+            "session.cookie_name must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {:?}",
+            self.session.cookie_name
+        );
+        anyhow::ensure!(
             self.database.max_connections > 0,
             "database.max_connections must be positive"
         );
@@ -362,6 +378,14 @@ impl Settings {
                 .join("label-studio-identity")
         })
     }
+}
+
+/// An RFC 6265 cookie name: an HTTP token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 /// Reads a switch the way Label Studio does: `true/yes/on/1` or `false/no/not/off/0`, any case.
@@ -450,6 +474,38 @@ mod tests {
         let settings = load(&[("IDENTITY_ARGON2__MEMORY_KIB", "1024")]).unwrap();
         assert_eq!(settings.argon2.memory_kib, 1024);
         assert!(load(&[("IDENTITY_ARGON2__MEMORY_KB", "1024")]).is_err());
+    }
+
+    #[test]
+    fn the_http_port_and_cookie_name_have_defaults_and_overrides() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.server.http_port, 8080);
+        assert_eq!(settings.session.cookie_name, "sessionid");
+        let settings = load(&[
+            ("IDENTITY_SERVER__HTTP_PORT", "9090"),
+            ("IDENTITY_SESSION__COOKIE_NAME", "ls_session"),
+        ])
+        .unwrap();
+        assert_eq!(settings.server.http_port, 9090);
+        assert_eq!(settings.session.cookie_name, "ls_session");
+        let overrides = Overrides {
+            http_port: Some(0),
+            ..Overrides::default()
+        };
+        let vars = HashMap::from([("IDENTITY_SERVER__HTTP_PORT".to_owned(), "9090".to_owned())]);
+        assert_eq!(
+            Settings::load_from(&overrides, &vars)
+                .unwrap()
+                .server
+                .http_port,
+            0
+        );
+        for bad in ["", "session id", "a;b", "a=b"] {
+            assert!(
+                load(&[("IDENTITY_SESSION__COOKIE_NAME", bad)]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

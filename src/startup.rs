@@ -1,5 +1,6 @@
-//! The composition root: builds the store, the hasher, the use cases and the gRPC server from
-//! settings, and runs them until a shutdown signal. The binary and the tests share it.
+//! The composition root: builds the store, the hasher, the use cases, the gRPC server and the
+//! HTTP listener from settings, and runs them until a shutdown signal. The binary and the tests
+//! share it.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,11 +11,18 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
+    authz::Authorizer,
     config::Settings,
     domain::ThrottleRule,
-    grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, TrustedProxies, pb},
+    grpc::{
+        IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME,
+        ext_authz::{self, AuthorizationServer, ExtAuthz},
+        pb,
+    },
+    http::{self, HttpState},
     metrics::Metrics,
     password::PasswordHasher,
+    proxies::TrustedProxies,
     store::{self, Store, StoreError},
 };
 
@@ -27,6 +35,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
     listener: TcpListener,
+    http_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     accounts: Accounts,
     trusted_proxies: TrustedProxies,
@@ -35,7 +44,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks the settings, opens the store and binds the listener. Nothing is served yet.
+    /// Checks the settings, opens the store and binds the listeners. Nothing is served yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let bootstrap = BootstrapAccount::parse(
             settings.bootstrap.username.as_deref(),
@@ -54,6 +63,7 @@ impl Application {
         let accounts = build_accounts(&settings).await?;
         let addr = settings.server.bind_addr()?;
         let listener = bind(addr).await?;
+        let http_listener = bind(SocketAddr::new(addr.ip(), settings.server.http_port)).await?;
         let metrics_listener = if settings.metrics.enabled {
             Some(bind(SocketAddr::new(addr.ip(), settings.metrics.port)).await?)
         } else {
@@ -61,6 +71,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            http_listener,
             metrics_listener,
             accounts,
             trusted_proxies,
@@ -71,6 +82,11 @@ impl Application {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the HTTP endpoints (the gateway checks) are served.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http_listener.local_addr()
     }
 
     /// Where `/metrics` is served, when it is.
@@ -100,18 +116,33 @@ impl Application {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let server_settings = &self.settings.server;
         let metrics = Arc::new(Metrics::new());
+        let trusted_proxies = Arc::new(self.trusted_proxies);
         let identity = pb::identity_service_server::IdentityServiceServer::new(IdentityApi::new(
             self.accounts.clone(),
             metrics.clone(),
-            self.trusted_proxies,
+            trusted_proxies.clone(),
         ))
         .max_decoding_message_size(server_settings.max_request_bytes);
+        let authorizer = Authorizer::new(
+            self.accounts.clone(),
+            metrics.clone(),
+            &self.settings.session.cookie_name,
+            server_settings.public_url(),
+        );
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(
+            authorizer.clone(),
+            metrics.clone(),
+            trusted_proxies.clone(),
+        ))
+        .max_decoding_message_size(server_settings.max_request_bytes);
+        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
 
         let (stop, stopped) = watch::channel(false);
         let mut stopped_signal = stopped.clone();
@@ -126,10 +157,21 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(identity)
+            .add_service(ext_authz)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = stopped_signal.wait_for(|stop| *stop).await;
             });
         let mut server: JoinHandle<Result<(), tonic::transport::Error>> = tokio::spawn(server);
+        let router = http::router(HttpState {
+            authorizer,
+            trusted_proxies,
+        });
+        let http_server = tokio::spawn(http::serve(
+            self.http_listener,
+            router,
+            stopped.clone(),
+            grace,
+        ));
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve(
                 listener,
@@ -161,7 +203,6 @@ impl Application {
             .await;
         tracing::info!("shutting down: no new calls, finishing calls in flight");
         let _ = stop.send(true);
-        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
         match tokio::time::timeout(grace, &mut server).await {
             Ok(served) => served??,
             Err(_) => {
@@ -171,6 +212,10 @@ impl Application {
                 );
                 server.abort();
             }
+        }
+        // The HTTP listener keeps to the same grace period on its own.
+        if let Err(error) = http_server.await {
+            tracing::warn!(%error, "http listener task failed");
         }
         outcome
     }
