@@ -5,7 +5,7 @@
 
 mod authz;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -33,6 +33,9 @@ use crate::{authz::Authorizer, proxies::TrustedProxies};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (request line and headers) accepted; larger ones get 431.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Read buffer per connection: room for a head over the limit to be read whole and answered
+/// 431, rather than the connection reset with bytes unread.
+const MAX_BUFFER_BYTES: usize = 64 * 1024;
 /// Pause after a failed accept (out of file descriptors, say), so the loop doesn't spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -79,7 +82,7 @@ impl Connections {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_header_size(MAX_HEADER_BYTES)
-            .max_buf_size(MAX_HEADER_BYTES.max(8 * 1024))
+            .max_buf_size(MAX_BUFFER_BYTES)
             .keep_alive(true);
         Self {
             builder,
@@ -97,7 +100,7 @@ impl Connections {
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(Peer(peer));
             let mut router = router.clone();
-            async move { Ok::<_, Infallible>(router.call(request.map(Body::new)).await?) }
+            async move { router.call(request.map(Body::new)).await }
         });
         let connection = self
             .graceful

@@ -5,6 +5,7 @@ mod helpers;
 mod authenticate;
 mod cli;
 mod faults;
+mod gateway;
 mod hostile;
 mod import;
 mod invites;
