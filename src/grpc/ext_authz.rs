@@ -75,8 +75,9 @@ impl pb::authorization_server::Authorization for ExtAuthz {
         let empty = HashMap::new();
         let headers = http.map_or(Cow::Borrowed(&empty), headers_of);
         let headers = headers.as_ref();
-        // Envoy is the peer: behind a trusted Envoy the client is the first forwarded hop, or
-        // else the downstream address Envoy saw.
+        // Envoy is the peer: behind a trusted Envoy the client is the downstream address Envoy
+        // saw (a client-sent x-forwarded-for would come first in the header), or else the first
+        // forwarded hop.
         let source = attributes
             .and_then(|attributes| attributes.source.as_ref())
             .and_then(|source| source.address.as_ref())
@@ -86,7 +87,7 @@ impl pb::authorization_server::Authorization for ExtAuthz {
             });
         let client = self
             .trusted_proxies
-            .client(peer, headers.text("x-forwarded-for").or(source));
+            .client(peer, source.or_else(|| headers.text("x-forwarded-for")));
         let decision = self
             .authorizer
             .check(Check {
