@@ -75,7 +75,7 @@ nginx -c "$work/nginx/nginx.conf" -g "$nginx_globals" &
 pids+=($!)
 
 # Caddy: the shipped Caddyfile takes its addresses from the environment.
-LISTEN="127.0.0.1:$caddy_port" LABEL_STUDIO="127.0.0.1:$upstream_port" \
+LISTEN="http://127.0.0.1:$caddy_port" LABEL_STUDIO="127.0.0.1:$upstream_port" \
     IDENTITY_HTTP="127.0.0.1:$http_port" CADDY_ADMIN=off \
     XDG_DATA_HOME="$work/caddy" XDG_CONFIG_HOME="$work/caddy" \
     caddy run --config deploy/gateway/Caddyfile --adapter caddyfile >"$work/caddy.log" 2>&1 &

@@ -493,12 +493,7 @@ fn retry_delay(status: &Status) -> Duration {
         .unwrap_or(Duration::from_millis(100))
 }
 
-async fn call(
-    caller: &mut Caller,
-    seeds: &Seeds,
-    op: Op,
-    timeout: Duration,
-) -> Result<(), Status> {
+async fn call(caller: &mut Caller, seeds: &Seeds, op: Op, timeout: Duration) -> Result<(), Status> {
     let client = &mut caller.client;
     let seed = seeds.pick();
     let address = seed.address.as_ref();

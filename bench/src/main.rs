@@ -238,11 +238,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     let cluster = match &args.addr {
-        Some(addr) => Cluster::external(
-            addr,
-            args.http_addr.as_deref(),
-            args.database_url.clone(),
-        )?,
+        Some(addr) => {
+            Cluster::external(addr, args.http_addr.as_deref(), args.database_url.clone())?
+        }
         None => {
             let server = match &args.server {
                 Some(path) => path.clone(),
