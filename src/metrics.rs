@@ -34,6 +34,17 @@ struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -54,6 +65,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     auth_failures: Family<ReasonLabels, Counter>,
+    gateway_checks: Family<CheckLabels, Counter>,
+    gateway_latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     hashing_running: Gauge,
     hashing_waiting: Gauge,
     hashing_computed: Counter,
@@ -92,6 +105,18 @@ impl Metrics {
             "auth_failures",
             "refused authentications and registrations by reason",
             auth_failures.clone(),
+        );
+        let gateway_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "gateway_checks",
+            "gateway authorization checks by endpoint and outcome",
+            gateway_checks.clone(),
+        );
+        let gateway_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "gateway_check_duration_seconds",
+            "gateway authorization check latency by endpoint",
+            gateway_latency.clone(),
         );
         let hashing_running = Gauge::default();
         registry.register(
@@ -141,6 +166,8 @@ impl Metrics {
             requests,
             latency,
             auth_failures,
+            gateway_checks,
+            gateway_latency,
             hashing_running,
             hashing_waiting,
             hashing_computed,
@@ -170,6 +197,16 @@ impl Metrics {
         self.auth_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Records one gateway check (`auth-request`, `forward-auth`, `ext-authz`) and its outcome.
+    pub fn gateway_check(&self, endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.gateway_checks
+            .get_or_create(&CheckLabels { endpoint, outcome })
+            .inc();
+        self.gateway_latency
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The text exposition, with the mirrored gauges read now.

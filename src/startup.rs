@@ -1,5 +1,6 @@
-//! The composition root: builds the store, the hasher, the use cases and the gRPC server from
-//! settings, and runs them until a shutdown signal. The binary and the tests share it.
+//! The composition root: builds the store, the hasher, the use cases, the gRPC server and the
+//! HTTP listener from settings, and runs them until a shutdown signal. The binary and the tests
+//! share it.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,11 +12,18 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
+    authz::Authorizer,
     config::{Durations, Settings},
     domain::ThrottleRule,
-    grpc::{IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME, TrustedProxies, pb},
+    grpc::{
+        IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME,
+        ext_authz::{self, AuthorizationServer, ExtAuthz},
+        pb,
+    },
+    http::{self, HttpState},
     metrics::Metrics,
     password::PasswordHasher,
+    proxies::TrustedProxies,
     store::{self, Store, StoreError},
     tls::{self, Alpn, ServerTls},
 };
@@ -32,6 +40,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Application {
     listener: TcpListener,
+    http_listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     accounts: Accounts,
     trusted_proxies: TrustedProxies,
@@ -43,7 +52,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks the settings, opens the store and binds the listener. Nothing is served yet.
+    /// Checks the settings, opens the store and binds the listeners. Nothing is served yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let durations = settings.check()?;
         let bootstrap = BootstrapAccount::parse(
@@ -69,6 +78,7 @@ impl Application {
         let accounts = build_accounts(&settings).await?;
         let addr = settings.server.bind_addr()?;
         let listener = bind(addr).await?;
+        let http_listener = bind(SocketAddr::new(addr.ip(), settings.server.http_port)).await?;
         let metrics_listener = if settings.metrics.enabled {
             Some(bind(settings.metrics_addr()?).await?)
         } else {
@@ -76,6 +86,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            http_listener,
             metrics_listener,
             accounts,
             trusted_proxies,
@@ -97,6 +108,11 @@ impl Application {
             Some(tls) if tls.mutual() => "mutual",
             Some(_) => "on",
         }
+    }
+
+    /// Where the HTTP endpoints (the gateway checks) are served.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http_listener.local_addr()
     }
 
     /// Where `/metrics` is served, when it is.
@@ -126,18 +142,33 @@ impl Application {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(ext_authz::pb::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let server_settings = &self.settings.server;
         let metrics = Arc::new(Metrics::new());
+        let trusted_proxies = Arc::new(self.trusted_proxies);
         let identity = pb::identity_service_server::IdentityServiceServer::new(IdentityApi::new(
             self.accounts.clone(),
             metrics.clone(),
-            self.trusted_proxies,
+            trusted_proxies.clone(),
         ))
         .max_decoding_message_size(server_settings.max_request_bytes);
+        let authorizer = Authorizer::new(
+            self.accounts.clone(),
+            metrics.clone(),
+            &self.settings.session.cookie_name,
+            server_settings.public_url(),
+        );
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(
+            authorizer.clone(),
+            metrics.clone(),
+            trusted_proxies.clone(),
+        ))
+        .max_decoding_message_size(server_settings.max_request_bytes);
+        let grace = Duration::from_secs(server_settings.shutdown_grace_seconds);
 
         let (stop, stopped) = watch::channel(false);
         let mut stopped_signal = stopped.clone();
@@ -151,7 +182,8 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(identity);
+            .add_service(identity)
+            .add_service(ext_authz);
         let stop_serving = async move {
             let _ = stopped_signal.wait_for(|stop| *stop).await;
         };
@@ -170,6 +202,18 @@ impl Application {
                     ))
                 }
             };
+        let router = http::router(HttpState {
+            authorizer,
+            trusted_proxies,
+        });
+        let http_tls = self.tls.as_ref().map(|tls| tls.acceptor(Alpn::Http1));
+        let http_server = tokio::spawn(http::serve(
+            self.http_listener,
+            router,
+            http_tls,
+            stopped.clone(),
+            grace,
+        ));
         if let Some(listener) = self.metrics_listener {
             tokio::spawn(crate::metrics::serve(
                 listener,
@@ -213,6 +257,10 @@ impl Application {
                 );
                 server.abort();
             }
+        }
+        // The HTTP listener keeps to the same grace period on its own.
+        if let Err(error) = http_server.await {
+            tracing::warn!(%error, "http listener task failed");
         }
         outcome
     }

@@ -52,6 +52,8 @@ pub struct Rss {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The HTTP listener of the gateway checks.
+    http_addr: SocketAddr,
 }
 
 /// A database made for the run.
@@ -69,6 +71,7 @@ enum Database {
 pub struct Cluster {
     servers: Vec<Server>,
     external: Vec<SocketAddr>,
+    external_http: Vec<SocketAddr>,
     database: Option<Database>,
     external_database: Option<String>,
     dir: Option<PathBuf>,
@@ -101,14 +104,26 @@ pub fn server_next_to_current_exe() -> anyhow::Result<PathBuf> {
 
 impl Cluster {
     /// A server someone else started; nothing is started or stopped.
-    pub fn external(addr: &str, database_url: Option<String>) -> anyhow::Result<Self> {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
-            .with_context(|| format!("cannot resolve --addr {addr}"))?
-            .next()
-            .with_context(|| format!("--addr {addr} names no address"))?;
+    pub fn external(
+        addr: &str,
+        http_addr: Option<&str>,
+        database_url: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let resolve = |flag: &str, addr: &str| {
+            std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .with_context(|| format!("cannot resolve {flag} {addr}"))?
+                .next()
+                .with_context(|| format!("{flag} {addr} names no address"))
+        };
+        let addr = resolve("--addr", addr)?;
+        let external_http = match http_addr {
+            Some(http_addr) => vec![resolve("--http-addr", http_addr)?],
+            None => Vec::new(),
+        };
         Ok(Self {
             servers: Vec::new(),
             external: vec![addr],
+            external_http,
             database: None,
             external_database: database_url,
             dir: None,
@@ -127,6 +142,7 @@ impl Cluster {
         let mut cluster = Self {
             servers: Vec::new(),
             external: Vec::new(),
+            external_http: Vec::new(),
             database: None,
             external_database: None,
             dir: Some(dir.clone()),
@@ -173,6 +189,16 @@ impl Cluster {
             self.external.clone()
         } else {
             self.servers.iter().map(|s| s.addr).collect()
+        }
+    }
+
+    /// The servers' HTTP listeners (the gateway checks); empty for a running server whose
+    /// HTTP address was not given.
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        if self.servers.is_empty() {
+            self.external_http.clone()
+        } else {
+            self.servers.iter().map(|s| s.http_addr).collect()
         }
     }
 
@@ -285,6 +311,7 @@ fn spawn_server(
     cpus: Option<&str>,
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
+    let http_port = free_port()?;
     let log = dir.join(format!("server-{replica}.log"));
     let log_file =
         File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -302,6 +329,8 @@ fn spawn_server(
         .arg("127.0.0.1")
         .arg("--port")
         .arg(port.to_string())
+        .arg("--http-port")
+        .arg(http_port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_file.try_clone()?))
         .stderr(Stdio::from(log_file));
@@ -350,6 +379,7 @@ fn spawn_server(
     Ok(Server {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The load: seeded accounts, the calls each scenario makes, and the callers that make them for
-//! a fixed time at a fixed concurrency, recording latencies and failures by gRPC code.
+//! a fixed time at a fixed concurrency, recording latencies and failures by gRPC code (gateway
+//! checks over HTTP by the code their HTTP status stands for).
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +13,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, attribute_context,
+};
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{body::Bytes, client::conn::http1::SendRequest};
+use hyper_util::rt::TokioIo;
 use label_studio_identity::grpc::pb::{
     self, authenticate_request::Credentials, identity_service_client::IdentityServiceClient,
 };
@@ -85,6 +92,12 @@ pub enum Op {
     InviteLink,
     /// One of `MIX`, drawn per call.
     Mix,
+    /// `/authz/forward-auth` with an API token: a gateway's check of an API call.
+    ForwardAuth,
+    /// `/authz/forward-auth` without credentials, answered 401.
+    ForwardAuthAnonymous,
+    /// ext_authz `Check` with an API token.
+    ExtAuthz,
 }
 
 impl Op {
@@ -164,15 +177,21 @@ impl Seeds {
 /// The servers' addresses; each scenario opens its own connections.
 pub struct Target {
     addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
     connections: usize,
 }
 
 impl Target {
     /// Checks that every server accepts a connection.
-    pub async fn connect(addrs: Vec<SocketAddr>, connections: usize) -> anyhow::Result<Self> {
+    pub async fn connect(
+        addrs: Vec<SocketAddr>,
+        http_addrs: Vec<SocketAddr>,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!addrs.is_empty(), "no server to target");
         let target = Self {
             addrs,
+            http_addrs,
             connections: connections.max(1),
         };
         target.clients(1).await?;
@@ -181,10 +200,7 @@ impl Target {
 
     /// Clients over enough connections to every server for `concurrency` callers; callers
     /// take them in turn, so replicas share the load evenly.
-    async fn clients(
-        &self,
-        concurrency: usize,
-    ) -> anyhow::Result<Vec<IdentityServiceClient<Channel>>> {
+    async fn clients(&self, concurrency: usize) -> anyhow::Result<Vec<Channel>> {
         let per_server = self
             .connections
             .max(concurrency.div_ceil(STREAMS_PER_CONNECTION * self.addrs.len()));
@@ -196,7 +212,7 @@ impl Target {
                     .connect()
                     .await
                     .with_context(|| format!("cannot connect to {addr}"))?;
-                clients.push(IdentityServiceClient::new(channel));
+                clients.push(channel);
             }
         }
         Ok(clients)
@@ -215,7 +231,7 @@ pub async fn seed(
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..SEED_CONCURRENCY)
         .map(|worker| {
-            let mut client = clients[worker % clients.len()].clone();
+            let mut client = IdentityServiceClient::new(clients[worker % clients.len()].clone());
             let (next, tag) = (next.clone(), tag.clone());
             tokio::spawn(async move {
                 let mut made = Vec::new();
@@ -288,12 +304,20 @@ pub async fn run(
         let end = measure_from + plan.duration;
         let mut workers = Vec::with_capacity(plan.concurrency);
         for _ in 0..plan.concurrency {
-            let client = clients[caller % clients.len()].clone();
+            let channel = clients[caller % clients.len()].clone();
+            let http_addr = (!target.http_addrs.is_empty())
+                .then(|| target.http_addrs[caller % target.http_addrs.len()]);
             caller += 1;
+            let caller = Caller {
+                client: IdentityServiceClient::new(channel.clone()),
+                channel,
+                http_addr,
+                http: None,
+            };
             let seeds = seeds.clone();
             let (op, timeout) = (plan.op, plan.timeout);
             workers.push(tokio::spawn(async move {
-                worker(client, &seeds, op, timeout, measure_from, end).await
+                worker(caller, &seeds, op, timeout, measure_from, end).await
             }));
         }
         handles.push(workers);
@@ -374,8 +398,17 @@ struct Own {
     errors: std::collections::HashMap<(Code, Option<String>), u64>,
 }
 
+/// One caller's connections: gRPC over a channel it shares with others, and a keep-alive HTTP/1.1
+/// connection of its own for the gateway checks, opened on first use, as a gateway pools them.
+struct Caller {
+    client: IdentityServiceClient<Channel>,
+    channel: Channel,
+    http_addr: Option<SocketAddr>,
+    http: Option<SendRequest<Empty<Bytes>>>,
+}
+
 async fn worker(
-    mut client: IdentityServiceClient<Channel>,
+    mut caller: Caller,
     seeds: &Seeds,
     op: Op,
     timeout: Duration,
@@ -396,7 +429,7 @@ async fn worker(
             Op::Mix => draw_from_mix(),
             op => op,
         };
-        let answer = call(&mut client, seeds, op, timeout).await;
+        let answer = call(&mut caller, seeds, op, timeout).await;
         let answered = Instant::now();
         let counted = sent >= measure_from && answered <= end;
         match answer {
@@ -460,12 +493,8 @@ fn retry_delay(status: &Status) -> Duration {
         .unwrap_or(Duration::from_millis(100))
 }
 
-async fn call(
-    client: &mut IdentityServiceClient<Channel>,
-    seeds: &Seeds,
-    op: Op,
-    timeout: Duration,
-) -> Result<(), Status> {
+async fn call(caller: &mut Caller, seeds: &Seeds, op: Op, timeout: Duration) -> Result<(), Status> {
+    let client = &mut caller.client;
     let seed = seeds.pick();
     let address = seed.address.as_ref();
     let authenticate = |credentials| pb::AuthenticateRequest {
@@ -510,7 +539,123 @@ async fn call(
                 .insert("authorization", seed.api_auth.clone());
             client.get_invite_link(request).await?;
         }
+        Op::ForwardAuth => forward_auth(caller, Some(seed), timeout).await?,
+        Op::ForwardAuthAnonymous => forward_auth(caller, None, timeout).await?,
+        Op::ExtAuthz => ext_authz(&caller.channel, seed, timeout).await?,
         Op::Mix => unreachable!("a mix is drawn into one call before calling"),
     }
     Ok(())
+}
+
+/// A gateway's `forward_auth` sub-request for an API call, on the caller's kept-alive connection
+/// (opened again when the server closed it). With a seed, its API token must pass (200);
+/// without, the answer must be 401.
+async fn forward_auth(
+    caller: &mut Caller,
+    seed: Option<&Seed>,
+    timeout: Duration,
+) -> Result<(), Status> {
+    let addr = caller.http_addr.ok_or_else(|| {
+        Status::failed_precondition("no HTTP address (give --http-addr with --addr)")
+    })?;
+    let sender = match caller.http.take() {
+        Some(sender) if !sender.is_closed() => sender,
+        _ => {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| Status::unavailable(format!("HTTP handshake: {e}")))?;
+            tokio::spawn(connection);
+            sender
+        }
+    };
+    let mut request = hyper::Request::get("/authz/forward-auth")
+        .header("host", "identity")
+        .header("accept", "application/json")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/api/projects/");
+    if let Some(seed) = seed {
+        request = request.header("authorization", seed.api_auth.as_bytes());
+        if let Some(address) = &seed.address {
+            request = request.header("x-forwarded-for", address.as_bytes());
+        }
+    }
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| Status::internal(format!("request: {e}")))?;
+    let mut sender = sender;
+    let exchange = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok::<_, hyper::Error>(status)
+    };
+    let status = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| Status::deadline_exceeded("forward-auth timed out"))?
+        .map_err(|e| Status::unavailable(format!("HTTP: {e}")))?;
+    caller.http = Some(sender);
+    let expected = if seed.is_some() { 200 } else { 401 };
+    if status == expected {
+        return Ok(());
+    }
+    let code = match status {
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Err(Status::new(code, format!("HTTP {status}")))
+}
+
+/// Envoy's `Check` for an API call carrying the seed's API token.
+async fn ext_authz(channel: &Channel, seed: &Seed, timeout: Duration) -> Result<(), Status> {
+    let mut headers = std::collections::HashMap::from([(
+        "authorization".to_owned(),
+        seed.api_auth.to_str().unwrap_or_default().to_owned(),
+    )]);
+    if let Some(address) = &seed.address {
+        headers.insert(
+            "x-forwarded-for".to_owned(),
+            address.to_str().unwrap_or_default().to_owned(),
+        );
+    }
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/projects/".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.auth.v3.Authorization/Check",
+    );
+    let response: CheckResponse = grpc
+        .unary(
+            request(check, timeout, None),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?
+        .into_inner();
+    match response.status.map_or(Code::Unknown as i32, |s| s.code) {
+        0 => Ok(()),
+        code => Err(Status::new(Code::from(code), "denied by ext_authz")),
+    }
 }

@@ -44,6 +44,9 @@ struct Args {
     /// --database-url, the database that server uses).
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// With --addr: that server's HTTP listener, for the gateway check scenarios.
+    #[arg(long, value_name = "HOST:PORT", requires = "addr")]
+    http_addr: Option<String>,
     /// With --addr: the database of that server, for the store limit.
     #[arg(long, value_name = "URL", requires = "addr")]
     database_url: Option<String>,
@@ -142,9 +145,15 @@ enum Scenario {
     TokenUnderFlood,
     /// Many concurrent password logins, for the server's peak memory.
     LoginStorm,
+    /// `/authz/forward-auth` with an API token, over keep-alive HTTP/1.1 connections.
+    ForwardAuth,
+    /// `/authz/forward-auth` without credentials (answered 401 without the database).
+    ForwardAuthAnonymous,
+    /// Envoy's `ext_authz` `Check` with an API token, over gRPC.
+    ExtAuthz,
 }
 
-const ALL_SCENARIOS: [Scenario; 8] = [
+const ALL_SCENARIOS: [Scenario; 11] = [
     Scenario::Password,
     Scenario::ApiToken,
     Scenario::SessionToken,
@@ -153,6 +162,9 @@ const ALL_SCENARIOS: [Scenario; 8] = [
     Scenario::Mix,
     Scenario::TokenUnderFlood,
     Scenario::LoginStorm,
+    Scenario::ForwardAuth,
+    Scenario::ForwardAuthAnonymous,
+    Scenario::ExtAuthz,
 ];
 
 fn main() -> ExitCode {
@@ -226,7 +238,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     let cluster = match &args.addr {
-        Some(addr) => Cluster::external(addr, args.database_url.clone())?,
+        Some(addr) => {
+            Cluster::external(addr, args.http_addr.as_deref(), args.database_url.clone())?
+        }
         None => {
             let server = match &args.server {
                 Some(path) => path.clone(),
@@ -260,7 +274,7 @@ async fn drive(
     cluster: &Cluster,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let target = Target::connect(cluster.addrs(), args.connections).await?;
+    let target = Target::connect(cluster.addrs(), cluster.http_addrs(), args.connections).await?;
     report.idle_rss = cluster.rss().map(|rss| rss.current);
     eprintln!("seeding {} accounts", args.users);
     let seeds = Arc::new(
@@ -344,6 +358,22 @@ async fn drive(
                     Op::PasswordPolite,
                     args.storm_concurrency,
                 )];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::ForwardAuth => {
+                let plans = [plan("forward-auth", Op::ForwardAuth, args.concurrency)];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::ForwardAuthAnonymous => {
+                let plans = [plan(
+                    "forward-auth without credentials",
+                    Op::ForwardAuthAnonymous,
+                    args.concurrency,
+                )];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::ExtAuthz => {
+                let plans = [plan("ext-authz", Op::ExtAuthz, args.concurrency)];
                 report.add(load::run(&target, &seeds, cluster, &plans).await?);
             }
         }

@@ -107,7 +107,11 @@ impl Report {
         let store = self.store.as_ref().map(|s| s.per_second);
         match op {
             Op::Password | Op::PasswordPolite | Op::CreateUser => hash,
-            Op::ApiToken | Op::SessionToken => store,
+            Op::ApiToken
+            | Op::SessionToken
+            | Op::ForwardAuth
+            | Op::ForwardAuthAnonymous
+            | Op::ExtAuthz => store,
             // One lookup for the caller's token, one for the invite token.
             Op::InviteLink => store.map(|s| s / 2.0),
             Op::Mix => {
@@ -126,7 +130,11 @@ impl Report {
     fn limit_name(op: Op) -> &'static str {
         match op {
             Op::Password | Op::PasswordPolite | Op::CreateUser => "hash",
-            Op::ApiToken | Op::SessionToken => "store",
+            Op::ApiToken
+            | Op::SessionToken
+            | Op::ForwardAuth
+            | Op::ForwardAuthAnonymous
+            | Op::ExtAuthz => "store",
             Op::InviteLink => "store/2",
             Op::Mix => "mixed",
         }
@@ -281,7 +289,7 @@ impl Report {
             ));
         }
         if let Some(store) = &self.store {
-            for name in ["api-token", "session-token"] {
+            for name in ["api-token", "session-token", "forward-auth", "ext-authz"] {
                 let Some(row) = self.row(name) else { continue };
                 let ratio = row.per_second() / store.per_second;
                 let p99 = ms(row.latencies.at(0.99));
@@ -299,6 +307,16 @@ impl Report {
                     ratio >= 0.5 && p99 < 5.0,
                 ));
             }
+        }
+        if let (Some(anonymous), Some(store)) =
+            (self.row("forward-auth without credentials"), &self.store)
+        {
+            let ratio = anonymous.per_second() / store.per_second;
+            out.push((
+                "forward-auth without credentials ≥ 5 × store limit (no database)".into(),
+                format!("{ratio:.2}"),
+                ratio >= 5.0,
+            ));
         }
         if let (Some(alone), Some(flooded)) =
             (self.row("api-token"), self.row("api-token under flood"))

@@ -2,11 +2,11 @@
 //! mapping from errors to `tonic::Status`.
 
 pub mod codec;
+pub mod ext_authz;
 mod metadata;
 mod service;
 mod status;
 
-pub use metadata::TrustedProxies;
 pub use service::IdentityApi;
 
 /// Types generated from `proto/labelstudio/identity/v1/identity.proto`.

@@ -7,14 +7,16 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::{
-    metadata::{TrustedProxies, credentials, deadline},
+    metadata::{credentials, deadline},
     pb::{self, identity_service_server::IdentityService},
     status,
 };
 use crate::{
     accounts::{self, Accounts, AccountsError, Context, Created, InviteLink, SignUp},
+    authz::HeaderSource,
     domain::{Account, Organization, ParseError, User},
     metrics::Metrics,
+    proxies::TrustedProxies,
     store::Principal,
 };
 
@@ -26,11 +28,15 @@ pub struct IdentityApi {
 }
 
 impl IdentityApi {
-    pub fn new(accounts: Accounts, metrics: Arc<Metrics>, trusted_proxies: TrustedProxies) -> Self {
+    pub fn new(
+        accounts: Accounts,
+        metrics: Arc<Metrics>,
+        trusted_proxies: Arc<TrustedProxies>,
+    ) -> Self {
         Self {
             accounts,
             metrics,
-            trusted_proxies: Arc::new(trusted_proxies),
+            trusted_proxies,
         }
     }
 
@@ -39,9 +45,10 @@ impl IdentityApi {
         Context {
             now: accounts::now(),
             deadline: deadline(request.metadata()),
-            client: self
-                .trusted_proxies
-                .client(request.remote_addr(), request.metadata()),
+            client: self.trusted_proxies.client(
+                request.remote_addr(),
+                request.metadata().texts("x-forwarded-for"),
+            ),
         }
     }
 

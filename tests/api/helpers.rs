@@ -181,6 +181,7 @@ impl TestDb {
         let mut settings = Settings::default();
         settings.server.host = "127.0.0.1".into();
         settings.server.port = 0;
+        settings.server.http_port = 0;
         settings.server.shutdown_grace_seconds = 5;
         settings.database.url = Some(SecretString::from(self.url.clone()));
         settings.database.max_connections = 8;
@@ -224,6 +225,8 @@ impl Drop for TestDb {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP endpoints (the gateway checks) listen, when this process serves them.
+    pub http_addr: Option<SocketAddr>,
     pub client: IdentityServiceClient<Channel>,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
@@ -247,6 +250,7 @@ impl TestApp {
             .expect("build the server");
         let addr = app.local_addr().expect("local address");
         let metrics_addr = app.metrics_addr();
+        let http_addr = app.http_addr().expect("http address");
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -258,6 +262,7 @@ impl TestApp {
                 .expect("connect to the server over TLS"),
         };
         app.metrics_addr = metrics_addr;
+        app.http_addr = Some(http_addr);
         app.stop = Some(stop);
         app.handle = Some(handle);
         app.wait_until_serving().await;
@@ -291,6 +296,7 @@ impl TestApp {
         Self {
             addr,
             metrics_addr: None,
+            http_addr: None,
             client: IdentityServiceClient::new(channel.clone()),
             channel,
             stop: None,
@@ -456,6 +462,7 @@ pub fn command(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Command {
         .env("IDENTITY_ARGON2__MEMORY_KIB", "64")
         .env("IDENTITY_ARGON2__ITERATIONS", "1")
         .env("IDENTITY_METRICS__PORT", "0")
+        .env("IDENTITY_SERVER__HTTP_PORT", "0")
         .env("RUST_LOG", "info");
     for (key, value) in env {
         command.env(key, value);
@@ -822,6 +829,72 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
+}
+
+/// An HTTP response as read off the wire.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of a header (name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Sends one HTTP/1.1 request (closing the connection after it) and reads the whole response.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: identity\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    // A server refusing a request may reset the connection after its answer; keep what came.
+    if let Err(error) = stream.read_to_end(&mut response).await {
+        assert!(!response.is_empty(), "read: {error}");
+    }
+    parse_http_reply(&response)
+}
+
+/// Parses one HTTP/1.1 response (head and body) from raw bytes.
+pub fn parse_http_reply(raw: &[u8]) -> HttpReply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a complete response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// Runs futures concurrently on the runtime and collects their outputs in order.

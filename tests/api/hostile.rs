@@ -336,7 +336,11 @@ fn raw_bodies() -> Vec<Bytes> {
 }
 
 /// Sends raw bytes as a unary call's message.
-async fn raw_call(app: &TestApp, path: &'static str, body: Bytes) -> Result<Bytes, Status> {
+pub(crate) async fn raw_call(
+    app: &TestApp,
+    path: &'static str,
+    body: Bytes,
+) -> Result<Bytes, Status> {
     let mut grpc = tonic::client::Grpc::new(app.channel.clone());
     grpc.ready()
         .await

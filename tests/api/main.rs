@@ -7,6 +7,7 @@ mod cli;
 mod costs;
 mod environment;
 mod faults;
+mod gateway;
 mod hostile;
 mod import;
 mod invites;
