@@ -826,6 +826,49 @@ def check_service_monitor(
             check(f"ServiceMonitor {key} as given", endpoint.get(key) == values["serviceMonitor"][key])
 
 
+def value_paths(values: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of values.yaml's leaves; an empty map or a list is a leaf."""
+    if isinstance(values, dict) and values:
+        paths = set()
+        for key, value in values.items():
+            paths |= value_paths(value, f"{prefix}{key}.")
+        return paths
+    return {prefix.rstrip(".")}
+
+
+def documented_paths(readme: str) -> set[str]:
+    """Keys in the first column of the README's values table. `a.b` / `.c`
+    stands for a.b and a.c; `a.*` and an object's own path cover what is under it."""
+    section = readme.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
+    paths = set()
+    for line in section.splitlines():
+        cells = line.split("|")
+        if len(cells) < 3 or not cells[1].strip().startswith("`"):
+            continue
+        base = ""
+        for key in re.findall(r"`([^`]+)`", cells[1]):
+            if key.startswith(".") and base:
+                key = base.rsplit(".", 1)[0] + key
+            paths.add(key.removesuffix(".*"))
+            base = key
+    return paths
+
+
+def check_values_table(report: Report) -> None:
+    case = "README values table"
+    # values.yaml as written: Helm drops keys whose default is null (replicaCount).
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = documented_paths((CHART / "README.md").read_text())
+    leaves = value_paths(defaults)
+    for path in sorted(leaves):
+        covered = any(path == d or path.startswith(d + ".") for d in documented)
+        report.check(case, f"documents {path}", covered)
+    for path in sorted(documented):
+        exists = any(leaf == path or leaf.startswith(path + ".") for leaf in leaves)
+        report.check(case, f"{path} is a value of the chart", exists)
+    print(f"ok   {case}" if all(case not in f for f in report.failures) else f"FAIL {case}")
+
+
 def run_good_case(report: Report, chart: helm.Chart, case: str, values: dict[str, Any]) -> None:
     failures_before = len(report.failures)
     try:
@@ -876,6 +919,7 @@ def main() -> int:
         run_good_case(report, chart, "secret.databaseUrl only (Postgres)", postgres)
         for path in sorted((CHART / "ci").glob("*.yaml")):
             run_good_case(report, chart, str(path), helm.values_from_yaml(path.read_text()))
+        check_values_table(report)
         broken = sorted(BROKEN_VALUES.glob("*.yaml"))
         report.check("broken values", "there are broken values files to try", bool(broken))
         for path in broken:
