@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Checks the Helm chart: renders it with Helm's own engine for the default
-# values and each ci/ values file, runs `helm lint --strict`, validates every
-# manifest against the Kubernetes schemas, asserts what the chart promises, and
-# makes sure the broken values in .ci/chart/ are refused. No cluster, no helm
-# binary: Helm comes as a Python package. Run from the repository's top.
+# Checks the Helm chart: renders it with Helm's own engine with no values
+# (SQLite), with a Postgres URL alone and with each ci/ values file, runs
+# `helm lint --strict`, validates every manifest against the Kubernetes
+# schemas, asserts what the chart promises, and makes sure the broken values in
+# .ci/chart/ are refused. No cluster, no helm binary: Helm comes as a Python
+# package. Run from the repository's top.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

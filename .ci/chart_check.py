@@ -1,10 +1,12 @@
 """Renders, lints and validates the Helm chart in helm/label-studio-identity.
 
-Run through .ci/chart.sh, which provides the virtualenv. For the default values
-and each file in the chart's ci/ folder it renders the chart with Helm's own
-engine (helm_python), runs `helm lint --strict`, validates every manifest
-against the Kubernetes schemas in strict mode, and asserts what the chart
-promises (probes, secrets, security context, sizing, optional objects). Each
+Run through .ci/chart.sh, which provides the virtualenv. With no values at all
+(the embedded SQLite database), with only a Postgres URL, and with each file in
+the chart's ci/ folder it renders the chart with Helm's own engine
+(helm_python), runs `helm lint --strict`, validates every manifest against the
+Kubernetes schemas in strict mode, and asserts what the chart promises (the
+database mode, storage, probes, TLS, secrets, security context, sizing,
+optional objects). Each
 file in .ci/chart/ must instead fail to render, with the message its
 `# expect:` line names, and fail `helm lint` too when it says `# lint: fails`
 (lint runs templates in lint mode, where `fail` only logs). Ends with
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import helm_python as helm
 import kubernetes_validate
@@ -37,11 +40,17 @@ RELEASE = "ci"
 NAMESPACE = "identity"
 FULLNAME = f"{RELEASE}-label-studio-identity"
 
+SERVICE_DNS = f"{FULLNAME}.{NAMESPACE}.svc.cluster.local"
+
 GRPC_PORT = 50051
 METRICS_PORT = 9464
-HTTP_PORT = 8080
 READY_SERVICE = "labelstudio.identity.v1.IdentityService"
 LIVE_SERVICE = "liveness"
+# Where the image (Dockerfile) puts the binary; exec probes run it.
+BINARY = "/usr/local/bin/label-studio-identity"
+DATA_DIR = "/var/lib/label-studio-identity"
+TLS_DIR = "/etc/label-studio-identity/tls"
+PG_TLS_DIR = "/etc/label-studio-identity/postgres-tls"
 
 # Environment variable -> key of the `secretKeys` value naming it in the Secret.
 SECRET_ENV = {
@@ -68,6 +77,10 @@ SECURE_CONTAINER = {
 # Fields of a ServiceMonitor this chart may set (monitoring.coreos.com/v1).
 SERVICE_MONITOR_SPEC_FIELDS = {"selector", "endpoints", "namespaceSelector", "jobLabel"}
 SERVICE_MONITOR_ENDPOINT_FIELDS = {"port", "path", "interval", "scrapeTimeout", "scheme"}
+
+# Fields of a cert-manager Certificate this chart may set (cert-manager.io/v1).
+CERTIFICATE_SPEC_FIELDS = {"secretName", "issuerRef", "dnsNames", "duration", "renewBefore", "privateKey", "usages"}
+CERTIFICATE_USAGES = {"digital signature", "key encipherment", "server auth", "client auth"}
 
 DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 
@@ -168,8 +181,8 @@ def validate_schemas(report: Report, case: str, rendered: Rendered) -> None:
         what = (
             f"{obj.get('kind')}/{dig(obj, 'metadata', 'name')} from {name} matches the Kubernetes {KUBE_VERSION} schema"
         )
-        if obj.get("kind") == "ServiceMonitor":
-            continue  # a CRD, not in the core schemas: checked by hand below
+        if obj.get("kind") in ("ServiceMonitor", "Certificate"):
+            continue  # CRDs, not in the core schemas: checked by hand below
         try:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
             report.check(case, what, True)
@@ -193,6 +206,59 @@ def secret_values(values: dict[str, Any]) -> list[str]:
     return [v for v in candidates if v]
 
 
+def database_type(values: dict[str, Any]) -> str:
+    """The backend the chart must pick, worked out independently of its templates."""
+    if values["database"]["type"]:
+        return values["database"]["type"]
+    postgres = values["secret"]["databaseUrl"] or values["existingSecret"] or values["global"]["pgConfig"]["host"]
+    return "postgresql" if postgres else "sqlite"
+
+
+def uses_pg_config(values: dict[str, Any]) -> bool:
+    """global.pgConfig names the database only when this chart's own values don't."""
+    own = values["secret"]["databaseUrl"] or values["existingSecret"]
+    return database_type(values) == "postgresql" and not own and bool(values["global"]["pgConfig"]["host"])
+
+
+def pg_config_url(pg: dict[str, Any]) -> str:
+    params = []
+    ssl = pg["ssl"]
+    if ssl["pgSslMode"]:
+        params.append(f"sslmode={ssl['pgSslMode']}")
+    for key, param in (
+        ("pgSslRootCertSecretKey", "sslrootcert"),
+        ("pgSslCertSecretKey", "sslcert"),
+        ("pgSslKeySecretKey", "sslkey"),
+    ):
+        if ssl[key]:
+            params.append(f"{param}={PG_TLS_DIR}/{ssl[key]}")
+    url = f"postgres://{pg['userName']}@{pg['host']}:{pg['port']}/{pg['dbName']}"
+    return url + ("?" + "&".join(params) if params else "")
+
+
+def tls_secret_name(values: dict[str, Any]) -> str:
+    return values["tls"]["secretName"] or f"{FULLNAME}-tls"
+
+
+def probe_tls_args(values: dict[str, Any]) -> list[str]:
+    tls = values["tls"]
+    args = ["--tls-ca", f"{TLS_DIR}/ca.crt", "--tls-server-name", tls["serverName"] or SERVICE_DNS]
+    if tls["clientAuth"]:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+    return args
+
+
+def pod_specs(rendered: Rendered) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod the chart makes: workloads' templates and bare Pods."""
+    specs = []
+    for _, obj in rendered.objects:
+        if obj.get("kind") == "Pod":
+            specs.append((f"Pod/{dig(obj, 'metadata', 'name')}", obj.get("spec", {})))
+        elif dig(obj, "spec", "template", "spec") is not None:
+            specs.append((f"{obj['kind']}/{dig(obj, 'metadata', 'name')}", obj["spec"]["template"]["spec"]))
+    return specs
+
+
 def check_release(report: Report, case: str, values: dict[str, Any], rendered: Rendered) -> None:
     check = lambda what, ok, detail="": report.check(case, what, ok, detail)
 
@@ -208,40 +274,80 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
     env = container.get("env", [])
     env_by_name = {e["name"]: e for e in env}
     secret_name = values["existingSecret"] or FULLNAME
+    sqlite = database_type(values) == "sqlite"
+    pg = values["global"]["pgConfig"]
+    tls = values["tls"]
+    http_port = values["service"]["httpPort"]
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
 
-    # Probes: native gRPC, the readiness service for startup/readiness, `liveness` for liveness.
+    # No service-link variables in any pod (issue 9: a Service named identity-...
+    # would put IDENTITY_* variables into the configuration).
+    for name, spec in pod_specs(rendered):
+        check(f"{name} sets enableServiceLinks: false", spec.get("enableServiceLinks") is False)
+
+    # Probes: native gRPC without TLS; with TLS, exec probes running the binary
+    # with the TLS flags. Startup/readiness ask for the readiness service,
+    # liveness for `liveness`.
     for probe, service in (
         ("startupProbe", READY_SERVICE),
         ("readinessProbe", READY_SERVICE),
         ("livenessProbe", LIVE_SERVICE),
     ):
         action = container.get(probe, {})
-        check(f"{probe} is a grpc probe", set(action) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, action)
-        check(f"{probe} targets port {GRPC_PORT}", dig(action, "grpc", "port") == GRPC_PORT)
-        check(f"{probe} asks for service {service!r}", dig(action, "grpc", "service") == service, dig(action, "grpc"))
+        kinds = set(action) & {"grpc", "httpGet", "tcpSocket", "exec"}
+        if tls["enabled"]:
+            check(f"{probe} is an exec probe (kubelet's gRPC probe speaks no TLS)", kinds == {"exec"}, action)
+            timeout = str(values[probe].get("timeoutSeconds", 1))
+            wanted = [BINARY, "probe", "--addr", f"127.0.0.1:{GRPC_PORT}", "--service", service, "--timeout", timeout]
+            wanted += probe_tls_args(values)
+            check(
+                f"{probe} runs `probe` on {GRPC_PORT} for {service!r} with the TLS flags",
+                dig(action, "exec", "command") == wanted,
+                dig(action, "exec", "command"),
+            )
+        else:
+            check(f"{probe} is a grpc probe", kinds == {"grpc"}, action)
+            check(f"{probe} targets port {GRPC_PORT}", dig(action, "grpc", "port") == GRPC_PORT)
+            check(f"{probe} asks for service {service!r}", dig(action, "grpc", "service") == service, dig(action, "grpc"))
     startup_budget = dig(container, "startupProbe", "periodSeconds", default=10) * dig(
         container, "startupProbe", "failureThreshold", default=3
     )
     check("startup probe allows about 2 minutes for migrations", startup_budget >= 110, f"{startup_budget}s")
 
-    # Secrets: only through secretKeyRef, never as values anywhere but the Secret.
-    for name, key_value in SECRET_ENV.items():
+    # The database: where DATABASE_URL comes from, if anywhere.
+    def secret_ref(name: str, secret: str, key: str, optional: bool) -> None:
         matching = [e for e in env if e["name"] == name]
         if not check(f"{name} is set exactly once", len(matching) == 1, len(matching)):
-            continue
+            return
         ref = dig(matching[0], "valueFrom", "secretKeyRef")
         check(f"{name} comes from a secretKeyRef", ref is not None and "value" not in matching[0], matching[0])
         if ref is None:
-            continue
-        check(f"{name} reads Secret {secret_name}", ref.get("name") == secret_name, ref)
+            return
+        check(f"{name} reads Secret {secret}", ref.get("name") == secret, ref)
+        check(f"{name} reads key {key}", ref.get("key") == key, ref)
+        check(f"{name} secretKeyRef optional is {optional}", ref.get("optional", False) is optional, ref)
+
+    if sqlite:
+        check("SQLite: no DATABASE_URL", "DATABASE_URL" not in env_by_name, env_by_name.get("DATABASE_URL"))
+        check("SQLite: no PGPASSWORD", "PGPASSWORD" not in env_by_name)
+    elif uses_pg_config(values):
+        url = dig(env_by_name, "DATABASE_URL", "value")
+        check("pgConfig: DATABASE_URL is built from global.pgConfig", url == pg_config_url(pg), url)
         check(
-            f"{name} reads key {values['secretKeys'][key_value]}",
-            ref.get("key") == values["secretKeys"][key_value],
-            ref,
+            "pgConfig: DATABASE_URL carries no password",
+            url is not None and urlsplit(url).password is None and "valueFrom" not in env_by_name["DATABASE_URL"],
         )
-        optional = ref.get("optional", False)
-        wanted = name in OPTIONAL_SECRET_ENV
-        check(f"{name} secretKeyRef optional is {wanted}", optional is wanted, ref)
+        if pg["password"]["secretName"]:
+            secret_ref("PGPASSWORD", pg["password"]["secretName"], pg["password"]["secretKey"], False)
+        else:
+            check("pgConfig: no PGPASSWORD without password.secretName", "PGPASSWORD" not in env_by_name)
+    else:
+        secret_ref("DATABASE_URL", secret_name, values["secretKeys"]["databaseUrl"], False)
+        check("PGPASSWORD only with global.pgConfig", "PGPASSWORD" not in env_by_name)
+    for name, key_value in SECRET_ENV.items():
+        if name != "DATABASE_URL":
+            secret_ref(name, secret_name, values["secretKeys"][key_value], True)
     for secret in secret_values(values):
         encoded = base64.b64encode(secret.encode()).decode()
         for name, text in rendered.files.items():
@@ -259,8 +365,10 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
     elif check("the chart creates exactly one Secret", len(secrets) == 1, len(secrets)):
         secret = secrets[0]
         check("the Secret is named as the Deployment reads it", dig(secret, "metadata", "name") == secret_name)
-        data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
-        wanted = {values["secretKeys"]["databaseUrl"]: values["secret"]["databaseUrl"]}
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        wanted = {}
+        if values["secret"]["databaseUrl"]:
+            wanted[values["secretKeys"]["databaseUrl"]] = values["secret"]["databaseUrl"]
         for field_name, value in values["bootstrap"].items():
             if value:
                 wanted[values["secretKeys"][field_name]] = value
@@ -271,8 +379,11 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
     def env_value(name: str) -> Any:
         return dig(env_by_name, name, "value")
 
+    shared = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values["global"]["extraEnvironmentVars"].items()}
     plain = {
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true" if values["disableSignupWithoutLink"] else "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": shared.get(
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK", "true" if values["disableSignupWithoutLink"] else "false"
+        ),
         "IDENTITY_LOG__FORMAT": values["logFormat"],
         "IDENTITY_ARGON2__MEMORY_KIB": str(values["argon2"]["memoryKib"]),
         "IDENTITY_ARGON2__ITERATIONS": str(values["argon2"]["iterations"]),
@@ -280,15 +391,31 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
         "IDENTITY_ARGON2__MAX_CONCURRENT": str(values["argon2"]["maxConcurrent"]),
         "IDENTITY_SERVER__SHUTDOWN_GRACE_SECONDS": str(values["shutdownGraceSeconds"]),
         "IDENTITY_METRICS__PORT": str(METRICS_PORT),
+        "IDENTITY_SERVER__HTTP_PORT": str(http_port),
     }
-    if values["publicUrl"]:
-        plain["LABEL_STUDIO_HOST"] = values["publicUrl"]
+    if values["publicUrl"] or "LABEL_STUDIO_HOST" in shared:
+        plain["LABEL_STUDIO_HOST"] = values["publicUrl"] or shared["LABEL_STUDIO_HOST"]
+    if tls["enabled"]:
+        plain["IDENTITY_SERVER__TLS__CERT"] = f"{TLS_DIR}/tls.crt"
+        plain["IDENTITY_SERVER__TLS__KEY"] = f"{TLS_DIR}/tls.key"
+        if tls["clientAuth"]:
+            plain["IDENTITY_SERVER__TLS__CLIENT_CA"] = f"{TLS_DIR}/ca.crt"
+    if sqlite:
+        plain["LABEL_STUDIO_BASE_DATA_DIR"] = DATA_DIR
+    for name, value in shared.items():
+        plain.setdefault(name, value)
     for name, wanted in plain.items():
         check(f"{name}={wanted}", env_value(name) == wanted, env_value(name))
-    check(
-        "LABEL_STUDIO_HOST only when publicUrl is set",
-        ("LABEL_STUDIO_HOST" in env_by_name) == bool(values["publicUrl"]),
-    )
+    names = [e["name"] for e in env]
+    check("no variable is set twice", len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1))
+    for optional_name, wanted in (
+        ("LABEL_STUDIO_HOST", "LABEL_STUDIO_HOST" in plain),
+        ("LABEL_STUDIO_BASE_DATA_DIR", sqlite),
+        ("IDENTITY_SERVER__TLS__CERT", tls["enabled"]),
+        ("IDENTITY_SERVER__TLS__KEY", tls["enabled"]),
+        ("IDENTITY_SERVER__TLS__CLIENT_CA", tls["enabled"] and tls["clientAuth"]),
+    ):
+        check(f"{optional_name} {'set' if wanted else 'absent'}", (optional_name in env_by_name) == wanted)
     for extra in values["extraEnv"]:
         check(f"extraEnv {extra['name']} is passed on", extra in env, extra)
     check(
@@ -321,6 +448,13 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
         len(tmp_mounts) == 1 and "emptyDir" in tmp_volumes.get(tmp_mounts[0]["name"], {}),
         pod.get("volumes"),
     )
+    writable = {path for path, m in mounts.items() if not m.get("readOnly")}
+    wanted_writable = {"/tmp", DATA_DIR} if sqlite else {"/tmp"}
+    check(
+        "a Postgres TLS mount only when global.pgConfig names the database",
+        (PG_TLS_DIR in mounts) == (uses_pg_config(values) and bool(pg["ssl"]["pgSslSecretName"])),
+    )
+    check("the only writable mounts are /tmp and the data directory", writable == wanted_writable, sorted(writable))
     accounts = rendered.of_kind("ServiceAccount")
     if values["serviceAccount"]["create"]:
         if check("one ServiceAccount", len(accounts) == 1, len(accounts)):
@@ -354,11 +488,106 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
         )
         check("no cpu limit", "cpu" not in resources.get("limits", {}), resources)
 
+    # The database's storage, replicas and strategy.
+    claims = rendered.of_kind("PersistentVolumeClaim")
+    strategy = deployment["spec"].get("strategy", {})
+    replicas = deployment["spec"].get("replicas")
+    persistence = values["persistence"]
+    if sqlite:
+        check("SQLite: one replica", replicas == 1, replicas)
+        check("SQLite: no HPA asked for", not values["autoscaling"]["enabled"])
+        check("SQLite: Recreate strategy", strategy.get("type") == "Recreate", strategy)
+        data_mount = mounts.get(DATA_DIR, {})
+        check(f"SQLite: a volume is mounted at {DATA_DIR}", bool(data_mount), sorted(mounts))
+        check("SQLite: the data mount is writable and whole", not data_mount.get("readOnly") and "subPath" not in data_mount)
+        data_volume = volumes.get(data_mount.get("name"), {})
+        if persistence["enabled"]:
+            claim_name = persistence["existingClaim"] or f"{FULLNAME}-data"
+            check(
+                f"SQLite: the data volume is claim {claim_name}",
+                dig(data_volume, "persistentVolumeClaim", "claimName") == claim_name,
+                data_volume,
+            )
+            if persistence["existingClaim"]:
+                check("existingClaim: the chart creates no PVC", not claims, len(claims))
+            elif check("SQLite: the chart creates one PVC", len(claims) == 1, len(claims)):
+                claim = claims[0]
+                spec = claim["spec"]
+                check("PVC is named as the pod mounts it", dig(claim, "metadata", "name") == claim_name)
+                check("PVC access mode as given", spec.get("accessModes") == [persistence["accessMode"]], spec)
+                check("PVC size as given", dig(spec, "resources", "requests", "storage") == persistence["size"], spec)
+                klass = persistence["storageClass"]
+                if klass:
+                    check("PVC storage class as given", spec.get("storageClassName") == ("" if klass == "-" else klass))
+                else:
+                    check("PVC leaves the storage class to the cluster", "storageClassName" not in spec, spec)
+                annotations = dig(claim, "metadata", "annotations", default={})
+                policy = persistence["resourcePolicy"]
+                check(
+                    "PVC helm.sh/resource-policy as given",
+                    annotations.get("helm.sh/resource-policy") == (policy or None),
+                    annotations,
+                )
+                check("PVC carries persistence.annotations", persistence["annotations"].items() <= annotations.items())
+        else:
+            check("persistence off: the data volume is an emptyDir", "emptyDir" in data_volume, data_volume)
+            check("persistence off: no PVC", not claims)
+    else:
+        check("Postgres: no PVC", not claims, len(claims))
+        check("Postgres: no data directory mount", DATA_DIR not in mounts)
+        wanted_replicas = values["replicaCount"] if values.get("replicaCount") is not None else 2
+        if not values["autoscaling"]["enabled"]:
+            check(f"Postgres: {wanted_replicas} replicas", replicas == wanted_replicas, replicas)
+        if values["updateStrategy"]:
+            check("updateStrategy as given", strategy == values["updateStrategy"], strategy)
+        else:
+            check(
+                "Postgres: rolling update, surge 1, unavailable 0",
+                strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                strategy,
+            )
+    if uses_pg_config(values) and pg["ssl"]["pgSslSecretName"]:
+        pg_mount = mounts.get(PG_TLS_DIR, {})
+        check("pgConfig: the Postgres TLS Secret is mounted read-only", pg_mount.get("readOnly") is True, pg_mount)
+        check(
+            "pgConfig: the mount is Secret pgSslSecretName",
+            dig(volumes, pg_mount.get("name", ""), "secret", "secretName") == pg["ssl"]["pgSslSecretName"],
+        )
+
+    # TLS: the Secret, mounted read-only as a whole directory (so rotations reach
+    # the service), and the Certificate when cert-manager is asked for.
+    tls_mount = mounts.get(TLS_DIR)
+    certificates = rendered.of_kind("Certificate")
+    if tls["enabled"]:
+        if check(f"TLS: a volume is mounted at {TLS_DIR}", tls_mount is not None, sorted(mounts)):
+            check("TLS: the mount is read-only", tls_mount.get("readOnly") is True, tls_mount)
+            check("TLS: the mount has no subPath (updates would not reach it)", "subPath" not in tls_mount)
+            tls_volume = volumes.get(tls_mount["name"], {})
+            check(
+                f"TLS: the volume is Secret {tls_secret_name(values)}",
+                dig(tls_volume, "secret", "secretName") == tls_secret_name(values),
+                tls_volume,
+            )
+            mode = dig(tls_volume, "secret", "defaultMode")
+            check("TLS: the key is not world-readable", mode is not None and mode & 0o007 == 0, mode)
+        issuer = tls["certManager"]["issuerRef"]
+        wanted_count = 1 if issuer["name"] else 0
+        check(
+            f"Certificate {'present' if wanted_count else 'absent'}",
+            len(certificates) == wanted_count,
+            len(certificates),
+        )
+        if certificates:
+            check_certificate(check, certificates[0], values)
+    else:
+        check("no TLS mount without TLS", tls_mount is None)
+        check("no Certificate without TLS", not certificates)
+
     # Ports and the Service.
     ports = {p["name"]: p for p in container.get("ports", [])}
     check("container port grpc is 50051", dig(ports, "grpc", "containerPort") == GRPC_PORT)
     check("container port metrics is 9464", dig(ports, "metrics", "containerPort") == METRICS_PORT)
-    check("container port http is 8080", dig(ports, "http", "containerPort") == HTTP_PORT)
+    check(f"container port http is {http_port}", dig(ports, "http", "containerPort") == http_port)
     services = rendered.of_kind("Service")
     selector = deployment["spec"]["selector"]["matchLabels"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -368,20 +597,26 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
         service_ports = {p["name"]: p for p in service["spec"]["ports"]}
         grpc = service_ports.get("grpc", {})
         check(
-            "Service port grpc: 50051, appProtocol grpc",
-            grpc.get("port") == values["service"]["port"] == GRPC_PORT and grpc.get("appProtocol") == "grpc",
+            f"Service port grpc: 50051, appProtocol {'https' if tls['enabled'] else 'grpc'}",
+            grpc.get("port") == values["service"]["port"] == GRPC_PORT
+            and grpc.get("appProtocol") == ("https" if tls["enabled"] else "grpc"),
             grpc,
+        )
+        http = service_ports.get("http", {})
+        check(
+            f"Service port http: {http_port} to the container's http port",
+            http.get("port") == http_port and http.get("targetPort") == "http",
+            http,
+        )
+        check(
+            "Service port http speaks TLS exactly when tls.enabled",
+            http.get("appProtocol") == ("https" if tls["enabled"] else "http"),
+            http,
         )
         check(
             "Service port metrics: 9464",
             dig(service_ports, "metrics", "port") == METRICS_PORT,
             service_ports.get("metrics"),
-        )
-        check(
-            "Service port http: service.httpPort, appProtocol http",
-            dig(service_ports, "http", "port") == values["service"]["httpPort"]
-            and dig(service_ports, "http", "appProtocol") == "http",
-            service_ports.get("http"),
         )
         check("Service selects the pods", service["spec"]["selector"] == selector, service["spec"]["selector"])
 
@@ -403,7 +638,7 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
             (hpa[0]["spec"]["minReplicas"], hpa[0]["spec"]["maxReplicas"])
             == (values["autoscaling"]["minReplicas"], values["autoscaling"]["maxReplicas"]),
         )
-    enabled = values["podDisruptionBudget"]["enabled"]
+    enabled = values["podDisruptionBudget"]["enabled"] and not sqlite
     check(f"PodDisruptionBudget {'present' if enabled else 'absent'}", len(pdb) == int(enabled), len(pdb))
     if pdb:
         check("PDB is policy/v1", pdb[0]["apiVersion"] == "policy/v1")
@@ -427,13 +662,19 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
     if policies:
         policy = policies[0]["spec"]
         check("NetworkPolicy selects the pods", dig(policy, "podSelector", "matchLabels") == selector)
-        ingress_ports = {p["port"] for rule in policy.get("ingress", []) for p in rule.get("ports", [])}
+        rules = {p["port"]: rule for rule in policy.get("ingress", []) for p in rule.get("ports", [])}
         check(
-            "NetworkPolicy opens 50051, 8080 and 9464",
-            ingress_ports == {GRPC_PORT, HTTP_PORT, METRICS_PORT},
-            ingress_ports,
+            f"NetworkPolicy opens 50051, {http_port} and 9464",
+            set(rules) == {GRPC_PORT, http_port, METRICS_PORT},
+            sorted(rules),
         )
         check("every ingress rule names its sources", all(rule.get("from") for rule in policy.get("ingress", [])))
+        http_from = values["networkPolicy"]["httpFrom"]
+        check(
+            "NetworkPolicy lets networkPolicy.httpFrom (or the namespace) reach the http port",
+            rules.get(http_port, {}).get("from") == (http_from or [{"podSelector": {}}]),
+            rules.get(http_port, {}).get("from"),
+        )
         check(
             "Egress restricted exactly when egress rules are given",
             ("Egress" in policy["policyTypes"]) == bool(values["networkPolicy"]["egress"]),
@@ -448,11 +689,25 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
             "test pod has the helm.sh/hook: test annotation",
             dig(test, "metadata", "annotations", "helm.sh/hook") == "test",
         )
+        wanted_args = ["probe", "--addr", f"{FULLNAME}:{GRPC_PORT}", "--service", READY_SERVICE]
+        if tls["enabled"]:
+            wanted_args += probe_tls_args(values)
         check(
-            "test pod probes the Service",
-            test_container.get("args") == ["probe", "--addr", f"{FULLNAME}:{GRPC_PORT}", "--service", READY_SERVICE],
+            "test pod probes the Service" + (" over TLS" if tls["enabled"] else ""),
+            test_container.get("args") == wanted_args,
             test_container.get("args"),
         )
+        test_mounts = {m["mountPath"]: m for m in test_container.get("volumeMounts", [])}
+        test_volumes = {v["name"]: v for v in test["spec"].get("volumes", [])}
+        if tls["enabled"]:
+            test_tls = test_mounts.get(TLS_DIR, {})
+            check("test pod mounts the TLS Secret read-only", test_tls.get("readOnly") is True, test_tls)
+            check(
+                "test pod's TLS volume is the release's TLS Secret",
+                dig(test_volumes, test_tls.get("name", ""), "secret", "secretName") == tls_secret_name(values),
+            )
+        else:
+            check("test pod mounts nothing without TLS", not test_mounts, sorted(test_mounts))
         check("test pod runs the release's image", test_container.get("image") == container.get("image"))
         check(
             "test pod is not selected by the Service",
@@ -469,11 +724,66 @@ def check_release(report: Report, case: str, values: dict[str, Any], rendered: R
 
     notes = rendered.file("NOTES.txt")
     check("NOTES shows the port-forward", f"port-forward svc/{FULLNAME} 50051:50051" in notes)
-    check("NOTES shows grpcurl list", "grpcurl -plaintext localhost:50051 list" in notes)
+    if tls["enabled"]:
+        flags = f"-cacert ca.crt -authority {tls['serverName'] or SERVICE_DNS}"
+        if tls["clientAuth"]:
+            flags += " -cert client.crt -key client.key"
+        check("NOTES shows grpcurl list over TLS", f"grpcurl {flags} localhost:50051 list" in notes, notes)
+        check("NOTES shows how to fetch ca.crt", f"get secret {tls_secret_name(values)}" in notes)
+    else:
+        check("NOTES shows grpcurl list", "grpcurl -plaintext localhost:50051 list" in notes)
     check(
         "NOTES shows an Authenticate call",
         '{"password":{"email":' in notes and f"{READY_SERVICE}/Authenticate" in notes,
     )
+    scheme = "https" if tls["enabled"] else "http"
+    check(
+        "NOTES shows the ingress-nginx auth-url",
+        f"auth-url: {scheme}://{SERVICE_DNS}:{http_port}/authz/auth-request" in notes,
+        notes,
+    )
+    check("NOTES names the database", ("SQLite" in notes) == sqlite)
+    check(
+        "NOTES warns when the database is an emptyDir",
+        ("WARNING: persistence.enabled is false" in notes) == (sqlite and not persistence["enabled"]),
+    )
+
+
+def check_certificate(check: Callable[..., bool], certificate: dict[str, Any], values: dict[str, Any]) -> None:
+    """A cert-manager Certificate (a CRD, so not in the core schemas): checked by hand."""
+    tls = values["tls"]
+    manager = tls["certManager"]
+    check("Certificate apiVersion cert-manager.io/v1", certificate.get("apiVersion") == "cert-manager.io/v1")
+    check("Certificate is in the release namespace", dig(certificate, "metadata", "namespace") == NAMESPACE)
+    spec = certificate.get("spec", {})
+    check("Certificate spec fields are known", set(spec) <= CERTIFICATE_SPEC_FIELDS, sorted(spec))
+    check(
+        "Certificate writes the Secret the pod mounts",
+        spec.get("secretName") == tls_secret_name(values),
+        spec.get("secretName"),
+    )
+    check("Certificate uses the issuer given", spec.get("issuerRef") == manager["issuerRef"], spec.get("issuerRef"))
+    dns_names = spec.get("dnsNames", [])
+    wanted = {FULLNAME, f"{FULLNAME}.{NAMESPACE}", f"{FULLNAME}.{NAMESPACE}.svc", SERVICE_DNS}
+    wanted |= set(manager["extraDnsNames"])
+    if tls["serverName"]:
+        wanted.add(tls["serverName"])
+    check("Certificate covers the Service's names and the probes' server name", set(dns_names) == wanted, dns_names)
+    usages = set(spec.get("usages", []))
+    check("Certificate is for server auth", "server auth" in usages, usages)
+    check(
+        "Certificate is for client auth exactly with tls.clientAuth (the probes present it)",
+        ("client auth" in usages) == tls["clientAuth"],
+        usages,
+    )
+    check("Certificate usages are cert-manager's names", usages <= CERTIFICATE_USAGES, usages)
+    check(
+        "Certificate key is PKCS#8 and renewed with the certificate",
+        dig(spec, "privateKey", "encoding") == "PKCS8" and dig(spec, "privateKey", "rotationPolicy") == "Always",
+        spec.get("privateKey"),
+    )
+    for key in ("duration", "renewBefore"):
+        check(f"Certificate {key} as given", spec.get(key) == (manager[key] or None), spec.get(key))
 
 
 def check_service_monitor(
@@ -514,6 +824,49 @@ def check_service_monitor(
                 endpoint.get(key),
             )
             check(f"ServiceMonitor {key} as given", endpoint.get(key) == values["serviceMonitor"][key])
+
+
+def value_paths(values: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of values.yaml's leaves; an empty map or a list is a leaf."""
+    if isinstance(values, dict) and values:
+        paths = set()
+        for key, value in values.items():
+            paths |= value_paths(value, f"{prefix}{key}.")
+        return paths
+    return {prefix.rstrip(".")}
+
+
+def documented_paths(readme: str) -> set[str]:
+    """Keys in the first column of the README's values table. `a.b` / `.c`
+    stands for a.b and a.c; `a.*` and an object's own path cover what is under it."""
+    section = readme.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
+    paths = set()
+    for line in section.splitlines():
+        cells = line.split("|")
+        if len(cells) < 3 or not cells[1].strip().startswith("`"):
+            continue
+        base = ""
+        for key in re.findall(r"`([^`]+)`", cells[1]):
+            if key.startswith(".") and base:
+                key = base.rsplit(".", 1)[0] + key
+            paths.add(key.removesuffix(".*"))
+            base = key
+    return paths
+
+
+def check_values_table(report: Report) -> None:
+    case = "README values table"
+    # values.yaml as written: Helm drops keys whose default is null (replicaCount).
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = documented_paths((CHART / "README.md").read_text())
+    leaves = value_paths(defaults)
+    for path in sorted(leaves):
+        covered = any(path == d or path.startswith(d + ".") for d in documented)
+        report.check(case, f"documents {path}", covered)
+    for path in sorted(documented):
+        exists = any(leaf == path or leaf.startswith(path + ".") for leaf in leaves)
+        report.check(case, f"{path} is a value of the chart", exists)
+    print(f"ok   {case}" if all(case not in f for f in report.failures) else f"FAIL {case}")
 
 
 def run_good_case(report: Report, chart: helm.Chart, case: str, values: dict[str, Any]) -> None:
@@ -557,13 +910,16 @@ def main() -> int:
     report = Report()
     print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBE_VERSION}")
     with helm.Chart.load(CHART) as chart:
-        # The equivalent of `--set secret.databaseUrl=...` on the command line.
-        default = helm.parse_set_string(
+        # `helm install ident helm/label-studio-identity`: the embedded SQLite database.
+        run_good_case(report, chart, "no values (SQLite)", {})
+        # The equivalent of `--set secret.databaseUrl=...` on the command line: Postgres.
+        postgres = helm.parse_set_string(
             "secret.databaseUrl=postgres://identity:ci-only-db-password@postgres:5432/identity"
         )
-        run_good_case(report, chart, "default values", default)
+        run_good_case(report, chart, "secret.databaseUrl only (Postgres)", postgres)
         for path in sorted((CHART / "ci").glob("*.yaml")):
             run_good_case(report, chart, str(path), helm.values_from_yaml(path.read_text()))
+        check_values_table(report)
         broken = sorted(BROKEN_VALUES.glob("*.yaml"))
         report.check("broken values", "there are broken values files to try", bool(broken))
         for path in broken:
