@@ -76,10 +76,12 @@ impl Accounts {
             })
             .await?;
         let samples: Vec<String> = kinds.into_values().collect();
-        let floor = self.hasher.measure(samples).await?;
-        self.hasher.set_floor(floor);
+        let kinds = samples.len();
+        let ratio = self.hasher.measure(samples).await?;
+        self.hasher.set_cost_ratio(ratio);
         tracing::info!(
-            floor_ms = floor.as_millis() as u64,
+            kinds,
+            ratio = format!("{ratio:.2}"),
             "password checks padded to the costliest stored hash"
         );
         Ok(())

@@ -52,11 +52,13 @@ impl Accounts {
                 // don't tell guesses apart.
                 return Err(self.throttled(ctx, "token_auth", &key, until));
             }
+            // Often enough that a session in use never reaches its idle limit.
+            let touch_every = TOUCH_EVERY.min(self.policy.session_max_idle / 4);
             if let Some(principal) = &lookup.principal
                 && principal.kind == TokenKind::Session
                 && principal
                     .last_used_at
-                    .is_none_or(|last| ctx.now - last >= TOUCH_EVERY)
+                    .is_none_or(|last| ctx.now - last >= touch_every)
             {
                 self.db(ctx, self.store.touch_session(&hash, ctx.now))
                     .await?;

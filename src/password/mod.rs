@@ -81,9 +81,11 @@ struct Inner {
     /// Running average of one computation with the current parameters: every password check
     /// takes at least this long, whatever the stored hash.
     current_nanos: AtomicU64,
-    /// What the costliest stored hash of another kind takes to check (see
-    /// [`PasswordHasher::set_floor`]): checks are padded to it too.
-    floor_nanos: AtomicU64,
+    /// How many times a check with the current parameters the costliest stored hash of another
+    /// kind takes, in thousandths (see [`PasswordHasher::set_cost_ratio`]): every check is
+    /// padded to that multiple of the current cost, which follows the machine's load as the
+    /// current cost does.
+    ratio_permille: AtomicU64,
     /// A hash of a random password with the current parameters: unknown emails are verified
     /// against it so they spend the same work as known ones.
     dummy_hash: String,
@@ -114,7 +116,7 @@ impl PasswordHasher {
                 computed: AtomicU64::new(0),
                 average_nanos: AtomicU64::new(0),
                 current_nanos: AtomicU64::new(0),
-                floor_nanos: AtomicU64::new(0),
+                ratio_permille: AtomicU64::new(1000),
                 dummy_hash,
             }),
         })
@@ -194,16 +196,8 @@ impl PasswordHasher {
                 let started = Instant::now();
                 let (verdict, current) =
                     verify_blocking(&inner.memory, &inner.params, &stored, password.expose());
-                let took = started.elapsed();
                 if current {
-                    record_average(&inner.current_nanos, took);
-                } else if known {
-                    // A costlier hash than the floor was measured for (a busy machine, a kind
-                    // stored since): pad every check to it from now on.
-                    inner.floor_nanos.fetch_max(
-                        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-                        Ordering::Relaxed,
-                    );
+                    record_average(&inner.current_nanos, started.elapsed());
                 }
                 Ok((verdict, started))
             })
@@ -212,26 +206,27 @@ impl PasswordHasher {
         Ok(if known { verdict } else { Verdict::Mismatch })
     }
 
-    /// How long every password check takes at least.
+    /// How long every password check takes at least: the current parameters' cost, times the
+    /// ratio of the costliest stored hash.
     pub fn padded_cost(&self) -> Duration {
         let inner = &self.inner;
+        let current = inner.current_nanos.load(Ordering::Relaxed);
+        let permille = inner.ratio_permille.load(Ordering::Relaxed).max(1000);
         Duration::from_nanos(
-            inner
-                .current_nanos
-                .load(Ordering::Relaxed)
-                .max(inner.floor_nanos.load(Ordering::Relaxed)),
+            u64::try_from(u128::from(current) * u128::from(permille) / 1000).unwrap_or(u64::MAX),
         )
     }
 
-    /// Pads every check to at least `floor` (what the costliest stored hash of another kind
-    /// takes, as [`PasswordHasher::measure`] found), with a tenth more for the variation
-    /// between one check and the next.
-    pub fn set_floor(&self, floor: Duration) {
-        let floor = floor + floor / 10;
-        self.inner.floor_nanos.store(
-            u64::try_from(floor.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+    /// Pads every check to `ratio` times the current cost (what
+    /// [`PasswordHasher::measure`] found for the costliest stored hash), with a tenth more
+    /// for the variation between one check and the next when it is above one.
+    pub fn set_cost_ratio(&self, ratio: f64) {
+        let permille = if ratio > 1.0 {
+            (ratio * 1100.0).min(1e9) as u64
+        } else {
+            1000
+        };
+        self.inner.ratio_permille.store(permille, Ordering::Relaxed);
     }
 
     /// The start of every hash made with the current parameters.
@@ -245,25 +240,32 @@ impl PasswordHasher {
         )
     }
 
-    /// The longest any of these stored hashes takes to check, each checked once on a
-    /// blocking thread (a wrong password costs what a right one does).
-    pub async fn measure(&self, samples: Vec<String>) -> Result<Duration, HashError> {
+    /// How many times a check with the current parameters the costliest of these stored hashes
+    /// takes to check: each is timed against a current one right after it, on a blocking
+    /// thread, so that both see the same load. Also seeds the current cost.
+    pub async fn measure(&self, samples: Vec<String>) -> Result<f64, HashError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            samples
-                .iter()
-                .map(|stored| {
-                    let started = std::time::Instant::now();
-                    let _ = verify_blocking(
-                        &inner.memory,
-                        &inner.params,
-                        stored,
-                        "a password no account has",
-                    );
-                    started.elapsed()
-                })
-                .max()
-                .unwrap_or_default()
+            let time = |stored: &str| {
+                let started = std::time::Instant::now();
+                let _ = verify_blocking(
+                    &inner.memory,
+                    &inner.params,
+                    stored,
+                    "a password no account has",
+                );
+                started.elapsed()
+            };
+            let mut ratio: f64 = 1.0;
+            let current = time(&inner.dummy_hash);
+            record_average(&inner.current_nanos, current);
+            for stored in &samples {
+                let other = time(stored);
+                let current = time(&inner.dummy_hash);
+                record_average(&inner.current_nanos, current);
+                ratio = ratio.max(other.as_secs_f64() / current.as_secs_f64().max(1e-9));
+            }
+            ratio
         })
         .await
         .map_err(|e| HashError::Unexpected(e.to_string()))

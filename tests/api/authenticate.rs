@@ -312,7 +312,43 @@ async fn an_imported_password_shorter_than_the_rules_still_logs_in(backend: Back
     );
 }
 
+/// A session ends after a stretch without use (Label Studio's MAX_TIME_BETWEEN_ACTIVITY), while
+/// one in use lives on: its last use is recorded now and then, not on every check.
+async fn a_session_unused_for_too_long_has_ended(backend: Backend) {
+    let (app, _db) = spawn_app_with(backend, |s| s.session.max_idle_seconds = 2).await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+    let session = app
+        .login("ann@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .session_token;
+
+    let started = std::time::Instant::now();
+    let mut checks = 0;
+    while started.elapsed() < std::time::Duration::from_millis(3500) {
+        app.token_login(&session)
+            .await
+            .expect("a session in use lives past the idle limit");
+        checks += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+
+    assert_refused(
+        app.token_login(&session).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    // The last use was written far fewer times than the session was checked.
+    let writes = crate::costs::statements_of(&app, "touch_session").await;
+    assert!(
+        writes >= 2 && writes * 2 < checks,
+        "{writes} writes for {checks} checks"
+    );
+}
+
 on_both_backends!(
+    a_session_unused_for_too_long_has_ended,
     an_imported_password_shorter_than_the_rules_still_logs_in,
     a_password_login_starts_a_session,
     unknown_emails_wrong_passwords_and_inactive_users_fail_alike,

@@ -921,10 +921,12 @@ pub fn django_pbkdf2(password: &str, iterations: u32) -> String {
         .map(char::from)
         .collect();
     let mut derived = [0u8; 32];
-    pbkdf2::pbkdf2_hmac::<pbkdf2::sha2::Sha256>(
+    // Not generic, so it runs as compiled (optimised) inside the pbkdf2 crate.
+    pbkdf2::pbkdf2_hmac_with_params(
         password.as_bytes(),
         salt.as_bytes(),
-        iterations,
+        pbkdf2::Algorithm::Pbkdf2Sha256,
+        pbkdf2::Params::new(iterations).expect("iterations"),
         &mut derived,
     );
     format!(
