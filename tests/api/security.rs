@@ -115,6 +115,86 @@ async fn unknown_emails_cost_the_same_as_wrong_passwords(backend: Backend) {
     }
 }
 
+/// A client flooding the service with bad tokens writes bounded audit rows and log lines: its
+/// admitted failures (the limit plus those in flight) one by one, and every refusal once it is
+/// throttled counted into one aggregated row per client and minute, written at the latest when
+/// the server stops. No refusal goes unrecorded.
+async fn a_flood_of_refusals_writes_bounded_rows_and_log_lines(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log_path = std::env::temp_dir().join(format!(
+        "lsid-flood-{}-{}.txt",
+        std::process::id(),
+        free_port()
+    ));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = ServerProcess::start_logging(
+        &db,
+        &["--log-format", "json"],
+        &[("IDENTITY_THROTTLE__TOKEN_FAILURES_PER_ADDRESS", "20")],
+        Stdio::from(log),
+    );
+    server.wait_serving().await;
+    let app = server.client().await;
+
+    let flood: Vec<_> = (0..8)
+        .map(|worker| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                let mut throttled = 0u64;
+                for i in 0..250 {
+                    let request = pb::AuthenticateRequest {
+                        credentials: Some(pb::authenticate_request::Credentials::Token(format!(
+                            "bad-token-{worker}-{i:06}"
+                        ))),
+                    };
+                    match client.authenticate(request).await {
+                        Err(status) if status.code() == Code::ResourceExhausted => throttled += 1,
+                        Err(status) if status.code() == Code::Unauthenticated => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                throttled
+            })
+        })
+        .collect();
+    let mut throttled = 0;
+    for worker in flood {
+        throttled += worker.await.unwrap();
+    }
+    assert!(server.terminate().success());
+
+    let per_request = db
+        .count("SELECT COUNT(*) FROM audit_events WHERE reason = 'TOKEN_INVALID'")
+        .await;
+    let aggregated = db
+        .count("SELECT COUNT(*) FROM audit_events WHERE reason = 'THROTTLED'")
+        .await;
+    let counted = db
+        .count("SELECT COALESCE(SUM(count), 0) FROM audit_events WHERE reason = 'THROTTLED'")
+        .await;
+    // 20 admitted failures plus at most 16 in flight; one aggregated row a minute.
+    assert!(
+        per_request <= 20 + 16,
+        "{per_request} rows for single refusals"
+    );
+    assert!(
+        (1..=2).contains(&aggregated),
+        "{aggregated} aggregated rows"
+    );
+    assert_eq!(u64::try_from(counted).unwrap(), throttled);
+    assert_eq!(u64::try_from(per_request).unwrap() + throttled, 2000);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("security event"))
+        .count();
+    assert!(
+        lines <= 20 + 16 + 2,
+        "{lines} security event lines for 2000 refusals"
+    );
+}
+
 /// Strings that must never appear in a log line or the audit table.
 struct Secrets {
     passwords: Vec<String>,
@@ -326,8 +406,70 @@ async fn the_audit_table_is_append_only(backend: Backend) {
     assert!(db.count("SELECT COUNT(*) FROM audit_events").await >= 1);
 }
 
+/// Audit rows past the retention are pruned, through the one path the append-only rule
+/// allows: rows older than 30 days may be deleted, younger ones never.
+async fn audit_rows_past_their_retention_are_pruned(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, |s| s.audit.retention_days = 60).await;
+    app.sign_up("ann@example.com", "correct-horse").await;
+    let now = chrono::Utc::now();
+    let insert = |age_days: i64, event: &str| {
+        let at = now - chrono::Duration::days(age_days);
+        let at = match backend {
+            Backend::Sqlite => at.timestamp_micros().to_string(),
+            Backend::Postgres => format!("'{}'", at.to_rfc3339()),
+        };
+        format!(
+            "INSERT INTO audit_events (at, event, outcome, client_addr, count) \
+             VALUES ({at}, '{event}', 'success', '127.0.0.1', 1)"
+        )
+    };
+    for (age, event) in [(90, "old"), (45, "middle"), (10, "recent")] {
+        db.execute(&insert(age, event)).await;
+    }
+
+    let young = db
+        .try_execute("DELETE FROM audit_events WHERE event = 'recent'")
+        .await;
+    let store = label_studio_identity::store::connect(&db.settings())
+        .await
+        .unwrap();
+    store
+        .purge(&label_studio_identity::store::PurgeBefore {
+            now,
+            idle_since: now - chrono::Duration::days(5),
+            throttle_since: now - chrono::Duration::days(1),
+            audit_since: now - chrono::Duration::days(60),
+        })
+        .await
+        .unwrap();
+
+    assert!(young.is_err(), "a 10-day-old row was deleted");
+    let left = |event: &'static str| {
+        let db = &db;
+        async move {
+            db.count(&format!(
+                "SELECT COUNT(*) FROM audit_events WHERE event = '{event}'"
+            ))
+            .await
+        }
+    };
+    assert_eq!(
+        (
+            left("old").await,
+            left("middle").await,
+            left("recent").await
+        ),
+        (0, 1, 1)
+    );
+    db.try_execute("DELETE FROM audit_events WHERE event = 'middle'")
+        .await
+        .expect("rows older than 30 days may be deleted");
+}
+
 on_both_backends!(
+    a_flood_of_refusals_writes_bounded_rows_and_log_lines,
     unknown_emails_cost_the_same_as_wrong_passwords,
     a_whole_scenario_leaves_no_secret_in_logs_or_the_audit_table,
     the_audit_table_is_append_only,
+    audit_rows_past_their_retention_are_pruned,
 );
