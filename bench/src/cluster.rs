@@ -54,6 +54,8 @@ struct Server {
     addr: SocketAddr,
     /// The HTTP listener of the gateway checks.
     http_addr: SocketAddr,
+    /// Where the server's Prometheus metrics are.
+    metrics_addr: SocketAddr,
 }
 
 /// A database made for the run.
@@ -217,6 +219,19 @@ impl Cluster {
             .and_then(|url| crate::limits::database_name(&url).map(str::to_owned))
     }
 
+    /// Database statements the servers started have issued so far (their
+    /// `identity_db_statements_total`), or None for an external server.
+    pub async fn statements(&self) -> Option<u64> {
+        if self.servers.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        for server in &self.servers {
+            total += statements_of(server.metrics_addr).await?;
+        }
+        Some(total)
+    }
+
     /// Process ids of the servers started (none for an external server).
     pub fn pids(&self) -> Vec<u32> {
         self.servers
@@ -312,6 +327,7 @@ fn spawn_server(
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
     let http_port = free_port()?;
+    let metrics_port = free_port()?;
     let log = dir.join(format!("server-{replica}.log"));
     let log_file =
         File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -348,7 +364,7 @@ fn spawn_server(
     command
         .env("DATABASE_URL", database_url)
         .env("LABEL_STUDIO_BASE_DATA_DIR", dir)
-        .env("IDENTITY_METRICS__PORT", "0")
+        .env("IDENTITY_METRICS__PORT", metrics_port.to_string())
         .env(
             "IDENTITY_ARGON2__MEMORY_KIB",
             options.argon2.memory_kib.to_string(),
@@ -380,7 +396,27 @@ fn spawn_server(
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
     })
+}
+
+/// The sum of one server's `identity_db_statements_total` series, read over plain HTTP.
+async fn statements_of(addr: SocketAddr) -> Option<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(
+        text.lines()
+            .filter(|line| line.starts_with("identity_db_statements_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum(),
+    )
 }
 
 /// A port nobody listens on right now.

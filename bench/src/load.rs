@@ -134,6 +134,8 @@ pub struct Stats {
     /// CPU spent in the measured window by the whole run (all its plans), and the calls
     /// every plan of the run completed in it.
     pub cpu: Option<(CpuTimes, u64)>,
+    /// Database statements the servers issued in the measured window (the whole run).
+    pub statements: Option<u64>,
 }
 
 impl Stats {
@@ -331,12 +333,18 @@ pub async fn run(
     let database = cluster.database_name();
     let mut sampled = 0u64;
     let mut cpu_from = None;
+    let mut statements_from = None;
+    let mut statements = None;
     let cpu_spent = loop {
         let now = Instant::now();
         if cpu_from.is_none() && now >= measure_from {
+            statements_from = cluster.statements().await;
             cpu_from = Some(CpuTimes::sample(cluster.pids(), database.clone()).await);
         }
         if now >= end {
+            if let (Some(from), Some(to)) = (statements_from, cluster.statements().await) {
+                statements = Some(to.saturating_sub(from));
+            }
             break match cpu_from {
                 Some(from) => Some(
                     CpuTimes::sample(cluster.pids(), database.clone())
@@ -364,6 +372,7 @@ pub async fn run(
             unexpected: 0,
             peak_rss: None,
             cpu: None,
+            statements: None,
         };
         for worker in workers {
             let own = worker.await.context("a caller panicked")??;
@@ -388,6 +397,7 @@ pub async fn run(
     for stats in &mut all {
         stats.peak_rss = peak;
         stats.cpu = cpu_spent.map(|spent| (spent, calls));
+        stats.statements = statements;
     }
     Ok(all)
 }

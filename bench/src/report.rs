@@ -235,7 +235,7 @@ impl Report {
         if let Some(store) = &self.store {
             let calls = (store.per_second * self.window_of_store()).round() as u64;
             lines.push(format!(
-                "| store limit | {calls} | - | {} | {} |",
+                "| store limit | {calls} | - | {} | {} | 1 |",
                 per_call(store.cpu.client, calls),
                 per_call(store.cpu.postgres, calls)
             ));
@@ -250,8 +250,14 @@ impl Report {
                 continue;
             }
             seen.push((calls, cpu.server));
+            let round_trips = match row.statements {
+                Some(statements) if calls > 0 => {
+                    format!("{:.2}", statements as f64 / calls as f64)
+                }
+                _ => "-".to_owned(),
+            };
             lines.push(format!(
-                "| {} | {calls} | {} | {} | {} |",
+                "| {} | {calls} | {} | {} | {} | {round_trips} |",
                 row.name,
                 per_call(cpu.server, calls),
                 per_call(cpu.client, calls),
@@ -261,9 +267,12 @@ impl Report {
         if lines.is_empty() {
             return;
         }
-        println!("\n### CPU per call (µs, measured window; all plans of a run together)\n");
-        println!("| run | calls | server | client | postgres |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "\n### CPU per call (µs) and database round trips per call (measured window; all \
+             plans of a run together)\n"
+        );
+        println!("| run | calls | server | client | postgres | round trips |");
+        println!("|---|---:|---:|---:|---:|---:|");
         for line in lines {
             println!("{line}");
         }
@@ -283,13 +292,74 @@ impl Report {
         if let (Some(password), Some(hash)) = (self.row("password"), &self.hash) {
             let ratio = password.per_second() / hash.per_second;
             out.push((
-                "password `Authenticate` ≥ 0.85 × hash limit".into(),
+                "password `Authenticate` ≥ 0.92 × hash limit".into(),
                 format!("{ratio:.2}"),
-                ratio >= 0.85,
+                ratio >= 0.92,
+            ));
+            if let Some(trips) = round_trips(password) {
+                out.push((
+                    "password login: at most 3 database round trips".into(),
+                    format!("{trips:.2}"),
+                    trips <= 3.0,
+                ));
+            }
+            if let Some((cpu, calls)) = password.cpu
+                && calls > 0
+            {
+                let server = cpu.server.as_secs_f64() * 1e3 / calls as f64;
+                let postgres = cpu.postgres.as_secs_f64() * 1e3 / calls as f64;
+                let hash_ms = 1e3 / (hash.per_second / self.hashing_concurrency as f64);
+                out.push((
+                    format!(
+                        "password login: server CPU ≤ hash ({hash_ms:.1} ms) + 0.5 ms{}",
+                        if self.backend_is_postgres {
+                            ", Postgres CPU ≤ 0.4 ms"
+                        } else {
+                            ""
+                        }
+                    ),
+                    format!("server {server:.2} ms, Postgres {postgres:.2} ms"),
+                    server <= hash_ms + 0.5 && (!self.backend_is_postgres || postgres <= 0.4),
+                ));
+            }
+        }
+        if let (Some(signup), Some(hash)) = (self.row("create-user"), &self.hash) {
+            let ratio = signup.per_second() / hash.per_second;
+            out.push((
+                "self-signup `CreateUser` ≥ 0.9 × hash limit".into(),
+                format!("{ratio:.2}"),
+                ratio >= 0.9,
             ));
         }
         if let Some(store) = &self.store {
-            for name in ["api-token", "session-token", "forward-auth", "ext-authz"] {
+            let wanted = if self.backend_is_postgres { 0.65 } else { 0.6 };
+            for name in ["api-token", "session-token"] {
+                let Some(row) = self.row(name) else { continue };
+                let ratio = row.per_second() / store.per_second;
+                let p99 = ms(row.latencies.at(0.99));
+                let server = row
+                    .cpu
+                    .filter(|(_, calls)| *calls > 0)
+                    .map(|(cpu, calls)| cpu.server.as_secs_f64() * 1e6 / calls as f64);
+                let trips = round_trips(row);
+                out.push((
+                    format!(
+                        "{name} ≥ {wanted} × store limit, p99 < 3 ms at {}, one round trip, \
+                         server CPU ≤ 40 µs",
+                        self.token_concurrency
+                    ),
+                    format!(
+                        "{ratio:.2}, p99 {p99:.2} ms, {} round trips, {} µs",
+                        trips.map_or("-".into(), |t| format!("{t:.2}")),
+                        server.map_or("-".into(), |s| format!("{s:.0}"))
+                    ),
+                    ratio >= wanted
+                        && p99 < 3.0
+                        && trips.is_none_or(|t| t <= 1.05)
+                        && server.is_none_or(|s| s <= 40.0),
+                ));
+            }
+            for name in ["forward-auth", "ext-authz"] {
                 let Some(row) = self.row(name) else { continue };
                 let ratio = row.per_second() / store.per_second;
                 let p99 = ms(row.latencies.at(0.99));
@@ -352,6 +422,13 @@ impl Report {
         }
         out
     }
+}
+
+/// Database round trips per call in the row's measured window.
+fn round_trips(row: &Stats) -> Option<f64> {
+    let (_, calls) = row.cpu?;
+    let statements = row.statements?;
+    (calls > 0).then(|| statements as f64 / calls as f64)
 }
 
 fn ms(duration: Duration) -> f64 {
