@@ -217,3 +217,95 @@ async fn numeric_looking_secrets_reach_the_server_exactly_as_written() {
         assert!(server.terminate().success());
     }
 }
+
+/// Starts the binary under `umask 000` with its default SQLite database in `data`.
+fn start_with_open_umask(data: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec {} start --host 127.0.0.1 --port {port}",
+            crate::helpers::BIN
+        ))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LABEL_STUDIO_BASE_DATA_DIR", data)
+        .env("IDENTITY_ARGON2__MEMORY_KIB", "64")
+        .env("IDENTITY_ARGON2__ITERATIONS", "1")
+        .env("IDENTITY_METRICS__PORT", "0")
+        .env("IDENTITY_SERVER__HTTP_PORT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A client of the server on `port` once it is SERVING.
+async fn serving_on(port: u16) -> crate::helpers::TestApp {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let app = crate::helpers::TestApp::with_channel(addr, channel);
+            if app
+                .health(label_studio_identity::grpc::SERVICE_NAME)
+                .await
+                .ok()
+                == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+            {
+                return app;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The default SQLite database holds every password hash and the invite token: its directory
+/// and every file the service creates there are private to the service's user, whatever the
+/// umask, and a database an older version left readable is made private.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("nested").join("data");
+    let port = free_port();
+    let mut child = start_with_open_umask(&data, port);
+    let app = serving_on(port).await;
+    // Writes make SQLite create its WAL and shared-memory files.
+    app.sign_up("ann@example.com", "correct-horse").await;
+
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(
+        files >= 3,
+        "the database with its WAL and shared memory: {files} files"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let database = data.join("identity.sqlite3");
+    std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = free_port();
+    let mut child = start_with_open_umask(&data, port);
+    let _app = serving_on(port).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(mode(&database), 0o600, "made private at the next start");
+}
