@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{LogFormat, Overrides, Settings},
     startup::{Application, build_accounts, migrate},
-    telemetry,
+    telemetry::{self, Telemetry, TraceExport},
 };
 
 #[derive(Debug, Parser)]
@@ -142,17 +142,23 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli)) {
+    let mut telemetry = None;
+    let code = match runtime.block_on(execute(cli, &mut telemetry)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             tracing::error!(error = format!("{error:#}"), "stopped");
             ExitCode::FAILURE
         }
+    };
+    // Out of the async context, while the runtime's workers still carry the last exports.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
     }
+    code
 }
 
-async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<ExitCode> {
     let mut overrides = Overrides {
         config_file: cli.config,
         log_format: cli.log_format,
@@ -182,7 +188,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let loaded = Settings::load(&overrides)?;
     let settings = loaded.settings;
-    telemetry::init(settings.log.format);
+    if let Command::Start(_) = command {
+        // Only the server exports spans: the other commands serve no calls to trace.
+        let traces = TraceExport::from_env()?;
+        *telemetry = Some(telemetry::init_with_traces(
+            settings.log.format,
+            traces.as_ref(),
+        )?);
+    } else {
+        telemetry::init(settings.log.format);
+    }
     for warning in &loaded.warnings {
         tracing::warn!(
             variable = %warning.variable,

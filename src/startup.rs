@@ -16,7 +16,7 @@ use crate::{
     config::{Durations, Settings},
     domain::ThrottleRule,
     grpc::{
-        IdentityApi, LIVENESS_SERVICE_NAME, SERVICE_NAME,
+        IdentityApi, LIVENESS_SERVICE_NAME, RpcSpans, SERVICE_NAME,
         ext_authz::{self, AuthorizationServer, ExtAuthz},
         pb,
     },
@@ -179,6 +179,7 @@ impl Application {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .http2_max_header_list_size(16 * 1024)
             .http2_max_pending_accept_reset_streams(Some(64))
+            .layer(RpcSpans)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -6,8 +6,10 @@ pub mod ext_authz;
 mod metadata;
 mod service;
 mod status;
+mod trace;
 
 pub use service::IdentityApi;
+pub use trace::RpcSpans;
 
 /// Types generated from `proto/labelstudio/identity/v1/identity.proto`.
 pub mod pb {

@@ -32,6 +32,7 @@ pub fn code(error: &AccountsError) -> Code {
 
 impl From<AccountsError> for Status {
     fn from(error: AccountsError) -> Self {
+        record_reason(error.reason());
         let mut details = ErrorDetails::new();
         details.set_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
         match &error {
@@ -69,6 +70,7 @@ impl From<AccountsError> for Status {
 
 /// A request whose bytes are not a valid message of its type.
 pub fn malformed_request() -> Status {
+    record_reason("MALFORMED_REQUEST");
     let mut details = ErrorDetails::new();
     details.set_error_info("MALFORMED_REQUEST", ERROR_DOMAIN, HashMap::new());
     Status::with_error_details(
@@ -76,4 +78,9 @@ pub fn malformed_request() -> Status {
         "the request is not a valid protobuf message of its type",
         details,
     )
+}
+
+/// Tags the call's span (see `trace.rs`), when it has one, with the refusal's reason.
+fn record_reason(reason: &'static str) {
+    tracing::Span::current().record("error.type", reason);
 }

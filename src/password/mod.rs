@@ -20,6 +20,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
+use tracing::Instrument;
 
 use crate::{config::Argon2Settings, domain::Password};
 
@@ -202,7 +203,9 @@ impl PasswordHasher {
                 Ok((verdict, started))
             })
             .await?;
-        tokio::time::sleep_until(started + self.padded_cost()).await;
+        tokio::time::sleep_until(started + self.padded_cost())
+            .instrument(tracing::debug_span!("password.padding"))
+            .await;
         Ok(if known { verdict } else { Verdict::Mismatch })
     }
 
@@ -319,19 +322,25 @@ impl PasswordHasher {
             }
         }
         let acquire = self.inner.running.acquire();
-        let _running = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                .await
-                .map_err(|_| HashError::Overloaded)?,
-            None => acquire.await,
+        // The wait for a hashing slot is a span of its own, apart from the hash, so a trace
+        // tells a full pool from a slow hash.
+        let _running = async {
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                    .await
+                    .map_err(|_| HashError::Overloaded)?,
+                None => acquire.await,
+            }
+            .map_err(|_| HashError::Overloaded)
         }
-        .map_err(|_| HashError::Overloaded)?;
+        .instrument(tracing::debug_span!("password.queue"))
+        .await?;
         let span = tracing::Span::current();
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             lower_thread_priority();
             let started = std::time::Instant::now();
-            let outcome = span.in_scope(work);
+            let outcome = span.in_scope(|| tracing::debug_span!("password.hash").in_scope(work));
             inner.record(started.elapsed());
             outcome
         })

@@ -42,6 +42,16 @@ pub(crate) enum Db {
     Sqlite(SqlitePool),
 }
 
+impl Db {
+    /// The database's name in OpenTelemetry's `db.system`.
+    fn system(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgresql",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
 /// Runs `$body` with `$pool` bound to the backend's pool: written once, compiled per driver.
 macro_rules! with_db {
     ($db:expr, $pool:ident => $body:expr) => {
@@ -252,7 +262,9 @@ impl Conn {
     }
 
     /// Runs one statement (or BEGIN, or COMMIT): counted as a round trip of `operation` and
-    /// traced as a span of its own.
+    /// traced as a client span of its own, named and tagged as OpenTelemetry's database
+    /// conventions say. A debug span: its fields are not even computed unless logging at debug
+    /// level or exporting spans.
     pub(crate) async fn run<T>(
         &self,
         operation: &'static str,
@@ -262,7 +274,10 @@ impl Conn {
         Ok(statement
             .instrument(tracing::debug_span!(
                 "db.statement",
-                db.operation = operation
+                otel.name = operation,
+                otel.kind = "client",
+                db.system = self.db.system(),
+                db.operation.name = operation,
             ))
             .await?)
     }

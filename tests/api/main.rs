@@ -16,6 +16,7 @@ mod operations;
 mod security;
 mod server;
 mod signup;
+mod telemetry;
 mod throttle;
 mod tls;
 mod tokens;

@@ -23,19 +23,19 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::helpers::{BIN, Backend, ServerProcess, TestApp, TestDb, free_port, run};
 
 /// A certificate authority made for one test.
-struct Ca {
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its private key, in PEM.
-struct Pair {
-    cert: String,
-    key: String,
+pub(crate) struct Pair {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -68,14 +68,14 @@ impl Ca {
     }
 
     /// A server certificate for `localhost` and 127.0.0.1.
-    fn server(&self) -> Pair {
+    pub(crate) fn server(&self) -> Pair {
         self.issue(
             &["localhost", "127.0.0.1"],
             ExtendedKeyUsagePurpose::ServerAuth,
         )
     }
 
-    fn client(&self, name: &str) -> Pair {
+    pub(crate) fn client(&self, name: &str) -> Pair {
         self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
