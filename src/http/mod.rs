@@ -4,6 +4,7 @@
 //! session, later) is served through [`Connections::serve`].
 
 mod authz;
+mod trace;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -57,6 +58,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/authz/forward-auth", any(authz::forward_auth))
         .fallback(not_found)
         .with_state(state)
+        // Outermost, so the span sees the matched route and the final status.
+        .layer(axum::middleware::from_fn(trace::span_requests))
 }
 
 async fn not_found() -> Response {

@@ -34,7 +34,9 @@ use tonic::{
 };
 
 use crate::{
-    helpers::{Backend, ServerProcess, TestDb, assert_refused, command, free_port, login},
+    helpers::{
+        Backend, ServerProcess, TestDb, assert_refused, command, free_port, http_request, login,
+    },
     on_both_backends,
     tls::Ca,
 };
@@ -263,9 +265,10 @@ async fn a_login_with_a_traceparent_continues_the_callers_trace_with_hash_and_da
     let (collector, received) = http_collector().await;
     let db = TestDb::new(backend).await;
     let endpoint = format!("http://{collector}");
+    let http_port = free_port().to_string();
     let mut server = ServerProcess::start(
         &db,
-        &["--log-format", "json"],
+        &["--log-format", "json", "--http-port", &http_port],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_SERVICE_NAME", "identity-under-test"),
@@ -306,9 +309,38 @@ async fn a_login_with_a_traceparent_continues_the_callers_trace_with_hash_and_da
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
+    // A gateway check continues the gateway's trace too; its query never reaches a span.
+    let gateway_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{gateway_trace}-00f067aa0ba902b7-01");
+    let bearer = format!("Bearer {}", session.session_token);
+    let checked = http_request(
+        SocketAddr::from(([127, 0, 0, 1], http_port.parse().unwrap())),
+        "GET",
+        "/authz/auth-request?token=query-secret-Hq3",
+        &[("traceparent", &traceparent), ("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(checked.status, 200, "{checked:?}");
     stop(server).await;
 
     let spans = received.spans();
+    let (_, check) = spans
+        .iter()
+        .find(|(_, span)| {
+            hex::encode(&span.trace_id) == gateway_trace && span.kind == SpanKind::Server as i32
+        })
+        .expect("the gateway check's span, in the gateway's trace");
+    assert_eq!(check.name, "GET /authz/auth-request");
+    assert_eq!(check.kind, SpanKind::Server as i32);
+    assert_eq!(hex::encode(&check.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(
+        text(&check.attributes, "http.route"),
+        Some("/authz/auth-request")
+    );
+    assert_eq!(
+        number(&check.attributes, "http.response.status_code"),
+        Some(200)
+    );
     assert_eq!(
         received.gzipped.load(Ordering::SeqCst),
         received.requests(),
@@ -402,6 +434,7 @@ async fn a_login_with_a_traceparent_continues_the_callers_trace_with_hash_and_da
         "traced.person",
         PASSWORD,
         "pw-wrong-Zq7xK2mVn9",
+        "query-secret-Hq3",
         created.api_token.as_str(),
         created.session_token.as_str(),
         session.session_token.as_str(),
