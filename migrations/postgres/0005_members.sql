@@ -18,19 +18,40 @@ SELECT organization_id,
        SUM(CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END)
 FROM memberships GROUP BY organization_id;
 
+-- Statement-level, from transition tables: a statement adds one delta per organization, so a
+-- bulk insert (an import, a seed) updates each count once instead of once per row.
 CREATE FUNCTION membership_counts_follow() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE membership_counts
-        SET members = members - CASE WHEN OLD.deleted_at IS NULL THEN 1 ELSE 0 END,
-            removed = removed - CASE WHEN OLD.deleted_at IS NULL THEN 0 ELSE 1 END
-        WHERE organization_id = OLD.organization_id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    IF TG_OP = 'INSERT' THEN
         INSERT INTO membership_counts AS c (organization_id, members, removed)
-        VALUES (NEW.organization_id,
-                CASE WHEN NEW.deleted_at IS NULL THEN 1 ELSE 0 END,
-                CASE WHEN NEW.deleted_at IS NULL THEN 0 ELSE 1 END)
+        SELECT organization_id,
+               SUM(CASE WHEN deleted_at IS NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END)
+        FROM new_rows GROUP BY organization_id
+        ON CONFLICT (organization_id) DO UPDATE
+        SET members = c.members + excluded.members, removed = c.removed + excluded.removed;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO membership_counts AS c (organization_id, members, removed)
+        SELECT organization_id,
+               -SUM(CASE WHEN deleted_at IS NULL THEN 1 ELSE 0 END),
+               -SUM(CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END)
+        FROM old_rows GROUP BY organization_id
+        ON CONFLICT (organization_id) DO UPDATE
+        SET members = c.members + excluded.members, removed = c.removed + excluded.removed;
+    ELSE
+        INSERT INTO membership_counts AS c (organization_id, members, removed)
+        SELECT organization_id, SUM(members), SUM(removed) FROM (
+            SELECT organization_id,
+                   CASE WHEN deleted_at IS NULL THEN 1 ELSE 0 END AS members,
+                   CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END AS removed
+            FROM new_rows
+            UNION ALL
+            SELECT organization_id,
+                   CASE WHEN deleted_at IS NULL THEN -1 ELSE 0 END,
+                   CASE WHEN deleted_at IS NULL THEN 0 ELSE -1 END
+            FROM old_rows
+        ) AS delta GROUP BY organization_id
+        HAVING SUM(members) <> 0 OR SUM(removed) <> 0
         ON CONFLICT (organization_id) DO UPDATE
         SET members = c.members + excluded.members, removed = c.removed + excluded.removed;
     END IF;
@@ -38,9 +59,15 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER memberships_counted
-    AFTER INSERT OR DELETE OR UPDATE OF organization_id, deleted_at ON memberships
-    FOR EACH ROW EXECUTE FUNCTION membership_counts_follow();
+CREATE TRIGGER memberships_counted_insert AFTER INSERT ON memberships
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION membership_counts_follow();
+CREATE TRIGGER memberships_counted_update AFTER UPDATE ON memberships
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION membership_counts_follow();
+CREATE TRIGGER memberships_counted_delete AFTER DELETE ON memberships
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION membership_counts_follow();
 
 -- The search matches this expression (see store/members.rs); chr(1) keeps a query, which has
 -- no control characters, from matching across two fields. pg_trgm is a trusted extension, so a
