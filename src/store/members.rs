@@ -234,7 +234,11 @@ impl MemberStore for SqlStore {
         let after = listing.after.unwrap_or_else(start);
         let op = "list_members";
         with_db!(&self.conn.db, pool => {
+            // A search is planned for its pattern each time (an unnamed statement): a plan
+            // made without it would walk every membership instead of using the trigram index.
+            let searching = listing.pattern.is_some();
             let mut page = sqlx::query(page_sql)
+                .persistent(!searching)
                 .bind(listing.organization)
                 .bind(listing.include_removed)
                 .bind(Ts(after.joined_at))
@@ -244,14 +248,20 @@ impl MemberStore for SqlStore {
                 page = page.bind(pattern);
             }
             let rows = self.conn.run(op, page.fetch_all(pool)).await?;
-            let mut count = sqlx::query_scalar::<_, i64>(count_sql)
-                .bind(listing.organization)
-                .bind(listing.include_removed);
-            if let Some(pattern) = listing.pattern {
-                count = count.bind(pattern);
-            }
-            let total = self.conn.run(op, count.fetch_one(pool)).await?;
-            let members = rows.iter().map(member).collect::<Result<_, _>>()?;
+            let members: Vec<Member> = rows.iter().map(member).collect::<Result<_, _>>()?;
+            // A first page that is not full holds every match: nothing left to count.
+            let total = if listing.after.is_none() && members.len() < listing.limit as usize {
+                i64::try_from(members.len()).unwrap_or(i64::MAX)
+            } else {
+                let mut count = sqlx::query_scalar::<_, i64>(count_sql)
+                    .persistent(!searching)
+                    .bind(listing.organization)
+                    .bind(listing.include_removed);
+                if let Some(pattern) = listing.pattern {
+                    count = count.bind(pattern);
+                }
+                self.conn.run(op, count.fetch_one(pool)).await?
+            };
             Ok(MemberPage { members, total })
         })
     }
