@@ -152,13 +152,19 @@ macro_rules! select_member {
 }
 
 /// A page: `$1` organization, `$2` include removed, `$3`/`$4` the cursor, `$5` the limit and,
-/// with a query, `$6` the pattern.
+/// with a query, `$6` the pattern. Without a query, every row also carries the organization's
+/// count, so a page costs one statement.
 macro_rules! page {
     () => {
-        select_member!(
-            "WHERE m.organization_id = $1 AND ($2 OR m.deleted_at IS NULL) \
-             AND (m.joined_at, m.user_id) > ($3, $4) \
-             ORDER BY m.joined_at, m.user_id LIMIT $5"
+        concat!(
+            "SELECT p.*, (SELECT CASE WHEN $2 THEN members + removed ELSE members END \
+             FROM membership_counts WHERE organization_id = $1) AS total FROM (",
+            select_member!(
+                "WHERE m.organization_id = $1 AND ($2 OR m.deleted_at IS NULL) \
+                 AND (m.joined_at, m.user_id) > ($3, $4) \
+                 ORDER BY m.joined_at, m.user_id LIMIT $5"
+            ),
+            ") AS p ORDER BY p.joined_at, p.id"
         )
     };
     ($dialect:tt) => {
@@ -249,8 +255,14 @@ impl MemberStore for SqlStore {
             }
             let rows = self.conn.run(op, page.fetch_all(pool)).await?;
             let members: Vec<Member> = rows.iter().map(member).collect::<Result<_, _>>()?;
+            let counted = match (searching, rows.first()) {
+                (false, Some(row)) => Some(row.try_get::<Option<i64>, _>("total")?.unwrap_or(0)),
+                _ => None,
+            };
             // A first page that is not full holds every match: nothing left to count.
-            let total = if listing.after.is_none() && members.len() < listing.limit as usize {
+            let total = if let Some(total) = counted {
+                total
+            } else if listing.after.is_none() && members.len() < listing.limit as usize {
                 i64::try_from(members.len()).unwrap_or(i64::MAX)
             } else {
                 let mut count = sqlx::query_scalar::<_, i64>(count_sql)
