@@ -308,6 +308,10 @@ async fn the_authorization_matrix_holds_for_every_new_rpc(backend: Backend) {
         })
         .await
         .expect("their own account stays theirs");
+    as_removed
+        .change_password(PASSWORD, "removed-new-password")
+        .await
+        .expect("and so does their password");
 
     // The owner of another organization sees and touches only their own.
     let outsiders_page = as_outsider.list(list_all()).await.unwrap();
