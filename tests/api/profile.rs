@@ -316,6 +316,57 @@ async fn reset_password_ends_sessions_and_a_change_after_it_needs_the_new_passwo
         .expect("the reset password is the current one");
 }
 
+async fn a_password_change_leaves_no_secret_in_logs_or_the_audit_table(backend: Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    let log_path = std::env::temp_dir().join(format!(
+        "lsid-profile-log-{}-{}.txt",
+        std::process::id(),
+        crate::helpers::free_port()
+    ));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = crate::helpers::ServerProcess::start_logging(
+        &db,
+        &["--log-format", "json"],
+        &[("RUST_LOG", "debug")],
+        std::process::Stdio::from(log),
+    );
+    server.wait_serving().await;
+    let app = server.client().await;
+    let created = app.sign_up("ann@example.com", "Old-Secret-Pw-5150").await;
+    let auth = format!("Token {}", created.api_token);
+    let me = call(&app, &auth);
+
+    let _ = me
+        .change_password("Wrong-Secret-Pw-1212", "New-Secret-Pw-8080")
+        .await;
+    let changed = me
+        .change_password("Old-Secret-Pw-5150", "New-Secret-Pw-8080")
+        .await
+        .unwrap();
+    assert!(server.terminate().success());
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(logs.contains("password.change"), "the events are logged");
+    for secret in [
+        "Old-Secret-Pw-5150",
+        "Wrong-Secret-Pw-1212",
+        "New-Secret-Pw-8080",
+        created.api_token.as_str(),
+        changed.session_token.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a secret is in the log: {secret}");
+    }
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM audit_events WHERE coalesce(email, '') || coalesce(reason, '') \
+             || client_addr || event LIKE '%Secret%'"
+        )
+        .await,
+        0
+    );
+}
+
 on_both_backends!(
     the_mask_names_the_fields_that_change,
     an_empty_mask_changes_every_field_given,
@@ -326,4 +377,5 @@ on_both_backends!(
     a_right_current_password_clears_the_failures_on_the_email,
     the_new_password_follows_the_rules_and_must_differ,
     reset_password_ends_sessions_and_a_change_after_it_needs_the_new_password,
+    a_password_change_leaves_no_secret_in_logs_or_the_audit_table,
 );
