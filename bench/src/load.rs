@@ -555,8 +555,7 @@ async fn call(caller: &mut Caller, seeds: &Seeds, op: Op, timeout: Duration) -> 
         }
         Op::ListMembers | Op::ListMembersQuery => {
             let query = if op == Op::ListMembersQuery {
-                let n = rand::rng().random_range(1..=100_000);
-                format!("{}{n}", crate::members::EMAIL_PREFIX)
+                crate::members::random_query()
             } else {
                 String::new()
             };

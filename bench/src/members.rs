@@ -1,13 +1,24 @@
 //! The big organization of the `list-members` scenarios: members written straight into the
 //! servers' database with SQL (no signups, no hashing), so 100,000 of them take seconds.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use anyhow::Context as _;
 use sqlx::Connection as _;
+
+/// How many members `seed` wrote: the range the searches draw from.
+static SEEDED: AtomicU64 = AtomicU64::new(0);
+
+/// A search for one seeded member, as the People page's search box sends it: `person<n>`.
+pub fn random_query() -> String {
+    let n = rand::random_range(1..=SEEDED.load(Ordering::Relaxed).max(1));
+    format!("{EMAIL_PREFIX}{n}")
+}
 
 /// The seeded members' emails are `person<n>@members.example.com`, their usernames
 /// `person<n>`: a query for `person<n>` matches a handful of them, as a name typed into the
 /// People page's search box does.
-pub const EMAIL_PREFIX: &str = "person";
+const EMAIL_PREFIX: &str = "person";
 
 /// Adds `count` members to the oldest organization (the one the seeded accounts joined).
 pub async fn seed(url: &str, count: u64) -> anyhow::Result<()> {
@@ -61,5 +72,6 @@ pub async fn seed(url: &str, count: u64) -> anyhow::Result<()> {
         .context("cannot seed the memberships")?;
         sqlx::query("ANALYZE").execute(&mut conn).await?;
     }
+    SEEDED.store(u64::try_from(count).unwrap_or(0), Ordering::Relaxed);
     Ok(())
 }
