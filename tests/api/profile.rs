@@ -367,6 +367,74 @@ async fn a_password_change_leaves_no_secret_in_logs_or_the_audit_table(backend: 
     );
 }
 
+/// Logins with the old password racing a change can keep no session: every session made
+/// before the change ends with it, and a login verified against the old password but finishing
+/// after it starts none. Several rounds, since a race is a matter of timing.
+async fn a_password_change_wins_every_race_with_logins_in_flight(backend: Backend) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    let (app, _db) = spawn_app_with(backend, |s| {
+        s.throttle.login_failures_per_email = 100_000;
+        s.throttle.login_failures_per_address = 100_000;
+        s.throttle.token_failures_per_address = 100_000;
+    })
+    .await;
+    let app = Arc::new(app);
+    let created = app.sign_up("ann@example.com", "password-round-0").await;
+    let auth = format!("Token {}", created.api_token);
+
+    let mut raced = 0;
+    for round in 0..4 {
+        let old = format!("password-round-{round}");
+        let new = format!("password-round-{}", round + 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let logins: Vec<_> = (0..6)
+            .map(|_| {
+                let (app, stop, old) = (app.clone(), stop.clone(), old.clone());
+                tokio::spawn(async move {
+                    let mut sessions = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(login) = app.login("ann@example.com", &old).await {
+                            sessions.push(login.session_token);
+                        }
+                    }
+                    sessions
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+
+        let changed = call(&app, &auth).change_password(&old, &new).await;
+
+        stop.store(true, Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for login in logins {
+            sessions.extend(login.await.unwrap());
+        }
+        let changed = changed.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        raced += sessions.len();
+        for session in sessions {
+            assert_refused(
+                app.token_login(&session).await,
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+            );
+        }
+        app.token_login(&changed.session_token)
+            .await
+            .expect("the change's own session lives");
+        assert_refused(
+            app.login("ann@example.com", &old).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    assert!(raced > 0, "some logins ran alongside the changes");
+}
+
 on_both_backends!(
     the_mask_names_the_fields_that_change,
     an_empty_mask_changes_every_field_given,
@@ -378,4 +446,5 @@ on_both_backends!(
     the_new_password_follows_the_rules_and_must_differ,
     reset_password_ends_sessions_and_a_change_after_it_needs_the_new_password,
     a_password_change_leaves_no_secret_in_logs_or_the_audit_table,
+    a_password_change_wins_every_race_with_logins_in_flight,
 );
