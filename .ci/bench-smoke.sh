@@ -15,7 +15,7 @@ smoke() { # backend, extra flags...
     echo "== identity-bench smoke: $backend"
     "$bench" --backend "$backend" --duration 2 --warmup 0 --users 20 \
         --concurrency 4 --flood-concurrency 4 --storm-concurrency 64 --connections 2 \
-        --memory-kib 64 --iterations 1 --parallelism 1 --fail-on-error "$@"
+        --memory-kib 64 --iterations 1 --parallelism 1 --members 2000 --fail-on-error "$@"
 }
 
 smoke sqlite

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Walks through the README's grpcurl session against a real server on localhost:50051:
-# list, sign up, log in, read and reset the invite link, register through it.
+# list, sign up, log in, read and reset the invite link, register through it, the People page,
+# the profile and password, and the owner's tools.
 # Usage: grpcurl.sh [plaintext|tls|mtls]. With tls the server gets a certificate from a CA made
 # here with openssl and grpcurl trusts it with -cacert; mtls also requires a client certificate
 # from that CA. PORT moves the server off 50051.
@@ -106,6 +107,43 @@ check old-link-refused INVITE_INVALID "$out"
 
 out=$(call -d "{\"invite\":\"$new_url\",\"email\":\"new@example.com\",\"password\":\"new-password\"}" "localhost:$port" $S/RegisterWithInvite)
 check register '"email": "new@example.com"' "$out"
+
+new_id=$(python3 -c "import json,sys; print(json.load(sys.stdin)['user']['id'])" <<<"$out")
+owner=(-H "authorization: Token $api_token")
+
+out=$(call "${owner[@]}" "localhost:$port" $S/GetCurrentUser)
+check whoami MEMBER_ROLE_OWNER "$out"
+
+out=$(call "${owner[@]}" -d '{"pageSize":30,"query":"example.com"}' "localhost:$port" $S/ListMembers)
+check list-members '"totalSize": 2' "$out"
+
+out=$(call "${owner[@]}" -d "{\"userId\":\"$new_id\"}" "localhost:$port" $S/GetUser)
+check get-user '"email": "new@example.com"' "$out"
+
+out=$(call "${owner[@]}" -d '{"firstName":"Olga","updateMask":{"paths":["first_name"]}}' "localhost:$port" $S/UpdateProfile)
+check update-profile '"firstName": "Olga"' "$out"
+
+out=$(call "${owner[@]}" -d "{\"userId\":\"$new_id\"}" "localhost:$port" $S/RemoveMember)
+check remove-member '{' "$out"
+out=$(call "${owner[@]}" -d '{}' "localhost:$port" $S/ListMembers)
+check removed-not-listed '"totalSize": 1' "$out"
+
+out=$(call "${owner[@]}" -d "{\"userId\":\"$new_id\"}" "localhost:$port" $S/RestoreMember)
+check restore-member '{' "$out"
+
+out=$(call "${owner[@]}" -d '{"title":"Acme"}' "localhost:$port" $S/UpdateOrganization)
+check update-organization '"title": "Acme"' "$out"
+
+out=$(call "${owner[@]}" -d "{\"userId\":\"$new_id\"}" "localhost:$port" $S/DeleteUser)
+check delete-user '{' "$out"
+out=$(call "${owner[@]}" -d "{\"userId\":\"$new_id\"}" "localhost:$port" $S/GetUser 2>&1 || true)
+check deleted-user-gone USER_NOT_FOUND "$out"
+
+out=$(call "${owner[@]}" -d '{"currentPassword":"owner-password","newPassword":"owner-password-2"}' "localhost:$port" $S/ChangePassword)
+check change-password sessionToken "$out"
+out=$(call -d "{\"token\":\"$session\"}" "localhost:$port" $S/Authenticate 2>&1 || true)
+check old-session-ended TOKEN_INVALID "$out"
+session=$(python3 -c "import json,sys; print(json.load(sys.stdin)['sessionToken'])" <<<"$(call "${owner[@]}" -d '{"currentPassword":"owner-password-2","newPassword":"owner-password-3"}' "localhost:$port" $S/ChangePassword)")
 
 out=$(call -d '{"email":"x@example.com","password":"short"}' "localhost:$port" $S/CreateUser 2>&1 || true)
 check error-details '"reason":"PASSWORD_LENGTH"' "$out"

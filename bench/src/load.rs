@@ -98,6 +98,10 @@ pub enum Op {
     ForwardAuthAnonymous,
     /// ext_authz `Check` with an API token.
     ExtAuthz,
+    /// `ListMembers`: the first page of 30, as a member identified by API token.
+    ListMembers,
+    /// `ListMembers` searching for one of the members seeded with SQL.
+    ListMembersQuery,
 }
 
 impl Op {
@@ -548,6 +552,23 @@ async fn call(caller: &mut Caller, seeds: &Seeds, op: Op, timeout: Duration) -> 
                 .metadata_mut()
                 .insert("authorization", seed.api_auth.clone());
             client.get_invite_link(request).await?;
+        }
+        Op::ListMembers | Op::ListMembersQuery => {
+            let query = if op == Op::ListMembersQuery {
+                crate::members::random_query()
+            } else {
+                String::new()
+            };
+            let message = pb::ListMembersRequest {
+                page_size: 30,
+                query,
+                ..Default::default()
+            };
+            let mut request = request(message, timeout, address);
+            request
+                .metadata_mut()
+                .insert("authorization", seed.api_auth.clone());
+            client.list_members(request).await?;
         }
         Op::ForwardAuth => forward_auth(caller, Some(seed), timeout).await?,
         Op::ForwardAuthAnonymous => forward_auth(caller, None, timeout).await?,

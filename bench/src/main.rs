@@ -11,10 +11,12 @@ mod cluster;
 mod cpu;
 mod limits;
 mod load;
+mod members;
 mod report;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 
 use crate::{
@@ -77,6 +79,10 @@ struct Args {
     /// Accounts created before the scenarios run.
     #[arg(long, default_value_t = 200)]
     users: usize,
+    /// Members written straight into the database (SQL, no signups) before the first
+    /// `list-members` scenario: the big organization they page through.
+    #[arg(long, default_value_t = 100_000)]
+    members: u64,
     /// Deadline of each call, in milliseconds (sent as grpc-timeout).
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -151,9 +157,14 @@ enum Scenario {
     ForwardAuthAnonymous,
     /// Envoy's `ext_authz` `Check` with an API token, over gRPC.
     ExtAuthz,
+    /// `ListMembers`, the first page of 30, in an organization of --members members.
+    ListMembers,
+    /// `ListMembers` with a search for one member's name, pages of 30, in the same
+    /// organization.
+    ListMembersQuery,
 }
 
-const ALL_SCENARIOS: [Scenario; 11] = [
+const ALL_SCENARIOS: [Scenario; 13] = [
     Scenario::Password,
     Scenario::ApiToken,
     Scenario::SessionToken,
@@ -165,6 +176,8 @@ const ALL_SCENARIOS: [Scenario; 11] = [
     Scenario::ForwardAuth,
     Scenario::ForwardAuthAnonymous,
     Scenario::ExtAuthz,
+    Scenario::ListMembers,
+    Scenario::ListMembersQuery,
 ];
 
 fn main() -> ExitCode {
@@ -318,8 +331,18 @@ async fn drive(
         duration: secs(args.duration),
         timeout: secs_ms(args.timeout_ms),
     };
+    let mut members_seeded = false;
     for scenario in scenarios {
         eprintln!("scenario {scenario:?}");
+        if matches!(scenario, Scenario::ListMembers | Scenario::ListMembersQuery) && !members_seeded
+        {
+            let url = cluster
+                .database_url()
+                .context("the list-members scenarios need the servers' database URL")?;
+            eprintln!("seeding {} members with SQL", args.members);
+            members::seed(&url, args.members).await?;
+            members_seeded = true;
+        }
         match scenario {
             Scenario::Password => {
                 let plans = [plan("password", Op::Password, args.concurrency)];
@@ -374,6 +397,18 @@ async fn drive(
             }
             Scenario::ExtAuthz => {
                 let plans = [plan("ext-authz", Op::ExtAuthz, args.concurrency)];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::ListMembers => {
+                let plans = [plan("list-members", Op::ListMembers, args.concurrency)];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::ListMembersQuery => {
+                let plans = [plan(
+                    "list-members-query",
+                    Op::ListMembersQuery,
+                    args.concurrency,
+                )];
                 report.add(load::run(&target, &seeds, cluster, &plans).await?);
             }
         }

@@ -18,6 +18,8 @@ pub struct Report {
     memory_kib: u32,
     backend_is_postgres: bool,
     token_concurrency: usize,
+    /// Members seeded for the `list-members` scenarios.
+    members: u64,
     store_window: Duration,
     pub hash: Option<HashLimit>,
     pub hash_allocating: Option<HashLimit>,
@@ -81,6 +83,7 @@ impl Report {
             backend_is_postgres: args.addr.is_none()
                 && args.backend == crate::cluster::Backend::Postgres,
             token_concurrency: args.concurrency,
+            members: args.members,
             store_window: Duration::from_secs_f64(args.duration.max(0.001)),
             hash: None,
             hash_allocating: None,
@@ -114,6 +117,8 @@ impl Report {
             | Op::ExtAuthz => store,
             // One lookup for the caller's token, one for the invite token.
             Op::InviteLink => store.map(|s| s / 2.0),
+            // The caller's token, the page and the count.
+            Op::ListMembers | Op::ListMembersQuery => store.map(|s| s / 3.0),
             Op::Mix => {
                 // The mix shares the machine between hashing and lookups: its limit is the
                 // rate at which the limits' costs, weighted by the mix, add up to one second.
@@ -136,6 +141,7 @@ impl Report {
             | Op::ForwardAuthAnonymous
             | Op::ExtAuthz => "store",
             Op::InviteLink => "store/2",
+            Op::ListMembers | Op::ListMembersQuery => "store/3",
             Op::Mix => "mixed",
         }
     }
@@ -386,6 +392,23 @@ impl Report {
                 "forward-auth without credentials ≥ 5 × store limit (no database)".into(),
                 format!("{ratio:.2}"),
                 ratio >= 5.0,
+            ));
+        }
+        for name in ["list-members", "list-members-query"] {
+            let Some(row) = self.row(name) else { continue };
+            let p99 = ms(row.latencies.at(0.99));
+            let place = if self.backend_is_postgres {
+                "Postgres"
+            } else {
+                "this backend"
+            };
+            out.push((
+                format!(
+                    "{name}: a page of 30 among {} members, p99 < 20 ms at {} on {place}",
+                    self.members, self.token_concurrency
+                ),
+                format!("p99 {p99:.2} ms"),
+                p99 < 20.0 && row.unexpected == 0,
             ));
         }
         if let (Some(alone), Some(flooded)) =

@@ -48,6 +48,18 @@ pub enum AccountsError {
     Unavailable(#[source] Option<StoreError>),
     #[error("unexpected error")]
     Unexpected(#[source] anyhow::Error),
+    /// Also for accounts outside the caller's organization, so the answer never tells whether
+    /// an account exists elsewhere.
+    #[error("no such user in the caller's organization")]
+    UserNotFound,
+    #[error("no such member in the caller's organization")]
+    MemberNotFound,
+    #[error("only the organization's owner may do this")]
+    OwnerRequired,
+    #[error("the owner cannot remove themself from the organization")]
+    CannotRemoveSelf,
+    #[error("the organization's owner cannot be deleted")]
+    OwnerCannotBeDeleted,
 }
 
 impl AccountsError {
@@ -71,6 +83,11 @@ impl AccountsError {
             Self::Throttled { .. } => "THROTTLED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Unexpected(_) => "INTERNAL",
+            Self::UserNotFound => "USER_NOT_FOUND",
+            Self::MemberNotFound => "MEMBER_NOT_FOUND",
+            Self::OwnerRequired => "OWNER_REQUIRED",
+            Self::CannotRemoveSelf => "CANNOT_REMOVE_SELF",
+            Self::OwnerCannotBeDeleted => "OWNER_CANNOT_BE_DELETED",
         }
     }
 

@@ -40,54 +40,9 @@ impl Accounts {
             return Err(AccountsError::InvalidCredentials);
         };
         let email_key = ThrottleKey::new("login-email", email.as_str());
-        let email_rule = self.policy.throttle.login_per_email;
-        // A place in the hashing queue first: a login the pool can't take is refused before
-        // it costs a database write, and an overload never counts as a failed attempt.
-        let ticket = self.hasher.ticket()?;
-        let admission = self
-            .db(
-                ctx,
-                self.store.login_admit(&LoginAttempt {
-                    email: &email,
-                    email_key: &email_key,
-                    email_rule,
-                    address_key: &address,
-                    now: ctx.now,
-                }),
-            )
+        let (record, verdict) = self
+            .verify_password(&email, &email_key, &address, &password, "login", ctx)
             .await?;
-        let record = match admission {
-            LoginAdmission::Admitted(record) => record,
-            LoginAdmission::Blocked { until } => {
-                return Err(self.throttled(ctx, "login", &email_key, until));
-            }
-        };
-        let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
-        let verdict = match self
-            .hasher
-            .verify_with_ticket(ticket, stored, &password, ctx.deadline)
-            .await
-        {
-            Ok(verdict) => verdict,
-            Err(error) => {
-                // Never checked: the attempt doesn't count against the email.
-                self.give_back(&email_key).await;
-                return Err(error.into());
-            }
-        };
-        let record = match (record, verdict) {
-            (Some(record), Verdict::Match | Verdict::MatchNeedsRehash) if record.is_active => {
-                *record
-            }
-            (record, _) => {
-                let audit = Audit::failure("login", "INVALID_CREDENTIALS")
-                    .email(&email)
-                    .user(record.map(|r| r.account.user.id));
-                self.record_failure(ctx, &address, self.policy.throttle.login_per_address, audit)
-                    .await?;
-                return Err(AccountsError::InvalidCredentials);
-            }
-        };
         match self
             .start_session(&email, &email_key, &password, record, verdict, ctx)
             .await
@@ -97,6 +52,69 @@ impl Accounts {
                 Err(error)
             }
             outcome => outcome,
+        }
+    }
+
+    /// Checks a password of the account with `email` as a login does: admitted on the email's
+    /// throttle (counted before the check), checked on the hashing pool at a padded cost, and
+    /// on a mismatch counted on the client's address and audited as `event`. The account and
+    /// the verdict when the password is right.
+    pub(super) async fn verify_password(
+        &self,
+        email: &Email,
+        email_key: &ThrottleKey,
+        address: &ThrottleKey,
+        password: &Password,
+        event: &'static str,
+        ctx: &Context,
+    ) -> Result<(LoginRecord, Verdict), AccountsError> {
+        let email_rule = self.policy.throttle.login_per_email;
+        // A place in the hashing queue first: a login the pool can't take is refused before
+        // it costs a database write, and an overload never counts as a failed attempt.
+        let ticket = self.hasher.ticket()?;
+        let admission = self
+            .db(
+                ctx,
+                self.store.login_admit(&LoginAttempt {
+                    email,
+                    email_key,
+                    email_rule,
+                    address_key: address,
+                    now: ctx.now,
+                }),
+            )
+            .await?;
+        let record = match admission {
+            LoginAdmission::Admitted(record) => record,
+            LoginAdmission::Blocked { until } => {
+                return Err(self.throttled(ctx, event, email_key, until));
+            }
+        };
+        let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
+        let verdict = match self
+            .hasher
+            .verify_with_ticket(ticket, stored, password, ctx.deadline)
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                // Never checked: the attempt doesn't count against the email.
+                self.give_back(email_key).await;
+                return Err(error.into());
+            }
+        };
+        match (record, verdict) {
+            (Some(record), Verdict::Match | Verdict::MatchNeedsRehash) if record.is_active => {
+                Ok((*record, verdict))
+            }
+            (record, _) => {
+                let audit = Audit::failure(event, "INVALID_CREDENTIALS")
+                    .email(email)
+                    .user(record.map(|r| r.account.user.id));
+                self.record_failure(ctx, address, self.policy.throttle.login_per_address, audit)
+                    .await?;
+                Err(AccountsError::InvalidCredentials)
+            }
         }
     }
 
@@ -166,7 +184,7 @@ impl Accounts {
     }
 
     /// Takes back an admission whose password was never judged.
-    async fn give_back(&self, email_key: &ThrottleKey) {
+    pub(super) async fn give_back(&self, email_key: &ThrottleKey) {
         let rule = self.policy.throttle.login_per_email;
         if let Err(error) = self.store.give_back(email_key, rule).await {
             tracing::warn!(%error, "throttle give-back failed");

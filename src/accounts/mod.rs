@@ -10,7 +10,11 @@ mod in_flight;
 mod invites;
 mod login;
 mod maintenance;
+mod members;
+mod organization;
 mod passwords;
+mod profile;
+mod removal;
 mod signup;
 mod tokens;
 
@@ -28,6 +32,8 @@ use tokio::time::Instant;
 
 pub use bootstrap::{BootstrapAccount, Bootstrapped};
 pub use error::AccountsError;
+pub use members::{CurrentUser, MemberSearch, MembersPage};
+pub use profile::ProfileUpdate;
 pub use signup::{Created, SignUp};
 
 use crate::{
@@ -142,6 +148,8 @@ pub struct Accounts {
     refusals: Arc<audit::Refusals>,
     /// Token and invite checks in flight, per client address.
     in_flight: Arc<in_flight::InFlight>,
+    /// Signs member listings' page tokens; its key is read from the store on first use.
+    page_tokens: Arc<tokio::sync::OnceCell<crate::domain::PageTokens>>,
 }
 
 impl Accounts {
@@ -155,6 +163,7 @@ impl Accounts {
             database_up: Arc::new(AtomicBool::new(true)),
             refusals: Arc::new(audit::Refusals::default()),
             in_flight: Arc::new(in_flight),
+            page_tokens: Arc::default(),
         }
     }
 
@@ -275,6 +284,22 @@ impl Accounts {
             token: SessionToken::generate(),
             expires_at: later(ctx.now, self.policy.session_ttl),
         }
+    }
+}
+
+/// The organization the caller owns; refused when they act in none or don't own it.
+fn owner_of(
+    caller: &crate::store::Principal,
+) -> Result<&crate::domain::Organization, AccountsError> {
+    let organization = caller
+        .account
+        .organization
+        .as_ref()
+        .ok_or(AccountsError::NotAMember)?;
+    if organization.created_by_user_id == Some(caller.account.user.id) {
+        Ok(organization)
+    } else {
+        Err(AccountsError::OwnerRequired)
     }
 }
 

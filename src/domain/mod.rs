@@ -2,6 +2,7 @@
 //! Nothing here performs IO.
 
 mod email;
+mod members;
 mod names;
 mod password;
 mod throttle;
@@ -10,9 +11,14 @@ mod tokens;
 use chrono::{DateTime, Utc};
 
 pub use email::Email;
+pub use members::{
+    Listing, MAX_PAGE_SIZE, Member, MemberQuery, MemberRole, OrganizationTitle, PageCursor,
+    PageTokens, page_size, parse_user_id,
+};
 pub use names::{PersonName, Username};
 pub use password::Password;
 pub use throttle::{ThrottleKey, ThrottleRule, throttle_subject};
+pub(crate) use tokens::random_hex;
 pub use tokens::{ApiToken, InviteToken, SessionToken, TokenHash, UserToken};
 
 /// Why an input was refused: a stable machine-readable reason and a human sentence.

@@ -35,6 +35,18 @@ impl Username {
         Ok(Self(name))
     }
 
+    /// Parses a username that must be given (a profile change naming it).
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let name = parse_name(input, "username", "USERNAME_INVALID")?;
+        if name.is_empty() {
+            return Err(ParseError::new(
+                "USERNAME_INVALID",
+                "username must not be empty",
+            ));
+        }
+        Ok(Self(name))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -12,9 +12,12 @@ use super::{
     status,
 };
 use crate::{
-    accounts::{self, Accounts, AccountsError, Context, Created, InviteLink, SignUp},
+    accounts::{
+        self, Accounts, AccountsError, Context, Created, CurrentUser, InviteLink, MemberSearch,
+        MembersPage, ProfileUpdate, SignUp,
+    },
     authz::HeaderSource,
-    domain::{Account, Organization, ParseError, User},
+    domain::{Account, Member, MemberRole, Organization, ParseError, User},
     metrics::Metrics,
     proxies::TrustedProxies,
     store::Principal,
@@ -158,6 +161,46 @@ impl From<InviteLink> for pb::ResetInviteLinkResponse {
         Self {
             token: link.token.as_str().to_owned(),
             invite_url: link.url,
+        }
+    }
+}
+
+fn role(role: Option<MemberRole>) -> pb::MemberRole {
+    match role {
+        Some(MemberRole::Owner) => pb::MemberRole::Owner,
+        Some(MemberRole::Member) => pb::MemberRole::Member,
+        None => pb::MemberRole::Unspecified,
+    }
+}
+
+impl From<&Member> for pb::Member {
+    fn from(member: &Member) -> Self {
+        Self {
+            user: Some((&member.user).into()),
+            role: role(Some(member.role)).into(),
+            joined_at: Some(timestamp(member.joined_at)),
+            removed_at: member.removed_at.map(timestamp),
+        }
+    }
+}
+
+impl From<CurrentUser> for pb::GetCurrentUserResponse {
+    fn from(current: CurrentUser) -> Self {
+        let (user, organization) = account_parts(&current.account);
+        Self {
+            user,
+            organization,
+            role: role(current.role).into(),
+        }
+    }
+}
+
+impl From<MembersPage> for pb::ListMembersResponse {
+    fn from(page: MembersPage) -> Self {
+        Self {
+            members: page.members.iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+            total_size: i32::try_from(page.total_size).unwrap_or(i32::MAX),
         }
     }
 }
@@ -363,6 +406,187 @@ impl IdentityService for IdentityApi {
                 .logout(&credentials, &self.context(&request))
                 .await?;
             Ok(pb::LogoutResponse {})
+        })
+        .await
+    }
+
+    async fn get_current_user(
+        &self,
+        request: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
+        observed(&self.metrics, "GetCurrentUser", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            Ok(self.accounts.current_user(caller).into())
+        })
+        .await
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        observed(&self.metrics, "ListMembers", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let pb::ListMembersRequest {
+                page_size,
+                page_token,
+                query,
+                include_removed,
+            } = request.into_inner();
+            let search = MemberSearch {
+                page_size,
+                page_token,
+                query,
+                include_removed,
+            };
+            Ok(self
+                .accounts
+                .list_members(&caller, search, &ctx)
+                .await?
+                .into())
+        })
+        .await
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        observed(&self.metrics, "GetUser", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let member = self
+                .accounts
+                .get_user(&caller, &request.get_ref().user_id, &ctx)
+                .await?;
+            Ok(pb::GetUserResponse {
+                member: Some((&member).into()),
+            })
+        })
+        .await
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::UpdateProfileResponse>, Status> {
+        observed(&self.metrics, "UpdateProfile", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let pb::UpdateProfileRequest {
+                first_name,
+                last_name,
+                username,
+                update_mask,
+            } = request.into_inner();
+            let update = ProfileUpdate {
+                first_name,
+                last_name,
+                username,
+                mask: update_mask.map(|mask| mask.paths).unwrap_or_default(),
+            };
+            let account = self.accounts.update_profile(&caller, update, &ctx).await?;
+            Ok(pb::UpdateProfileResponse {
+                user: Some((&account.user).into()),
+            })
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        observed(&self.metrics, "ChangePassword", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let message = request.get_ref();
+            let session = self
+                .accounts
+                .change_password(
+                    &caller,
+                    &message.current_password,
+                    &message.new_password,
+                    &ctx,
+                )
+                .await?;
+            tracing::info!(user = caller.account.user.id, "password changed");
+            Ok(pb::ChangePasswordResponse {
+                session_token: session.token.expose().to_owned(),
+                session_expires_at: Some(timestamp(session.expires_at)),
+            })
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        observed(&self.metrics, "RemoveMember", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let user = self
+                .accounts
+                .remove_member(&caller, &request.get_ref().user_id, &ctx)
+                .await?;
+            tracing::info!(user, by = caller.account.user.id, "member removed");
+            Ok(pb::RemoveMemberResponse {})
+        })
+        .await
+    }
+
+    async fn restore_member(
+        &self,
+        request: Request<pb::RestoreMemberRequest>,
+    ) -> Result<Response<pb::RestoreMemberResponse>, Status> {
+        observed(&self.metrics, "RestoreMember", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let user = self
+                .accounts
+                .restore_member(&caller, &request.get_ref().user_id, &ctx)
+                .await?;
+            tracing::info!(user, by = caller.account.user.id, "member restored");
+            Ok(pb::RestoreMemberResponse {})
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        observed(&self.metrics, "DeleteUser", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let user = self
+                .accounts
+                .delete_user(&caller, &request.get_ref().user_id, &ctx)
+                .await?;
+            tracing::info!(user, by = caller.account.user.id, "account deleted");
+            Ok(pb::DeleteUserResponse {})
+        })
+        .await
+    }
+
+    async fn update_organization(
+        &self,
+        request: Request<pb::UpdateOrganizationRequest>,
+    ) -> Result<Response<pb::UpdateOrganizationResponse>, Status> {
+        observed(&self.metrics, "UpdateOrganization", async {
+            let ctx = self.context(&request);
+            let caller = self.caller(&request, &ctx).await?;
+            let organization = self
+                .accounts
+                .update_organization(&caller, &request.get_ref().title, &ctx)
+                .await?;
+            tracing::info!(user = caller.account.user.id, "organization renamed");
+            Ok(pb::UpdateOrganizationResponse {
+                organization: Some((&organization).into()),
+            })
         })
         .await
     }

@@ -27,6 +27,9 @@ pub fn code(error: &AccountsError) -> Code {
         E::Overloaded | E::Throttled { .. } => Code::ResourceExhausted,
         E::Unavailable(_) => Code::Unavailable,
         E::Unexpected(_) => Code::Internal,
+        E::UserNotFound | E::MemberNotFound => Code::NotFound,
+        E::OwnerRequired => Code::PermissionDenied,
+        E::CannotRemoveSelf | E::OwnerCannotBeDeleted => Code::FailedPrecondition,
     }
 }
 

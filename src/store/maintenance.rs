@@ -44,6 +44,11 @@ macro_rules! migrations {
                     "/0004_credentials_and_activity.sql"
                 )),
             ),
+            (
+                5,
+                "members",
+                include_str!(concat!("../../migrations/", $dialect, "/0005_members.sql")),
+            ),
         ]
     };
 }

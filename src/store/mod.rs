@@ -14,6 +14,7 @@ mod import_postgres;
 mod import_sqlite;
 mod login;
 mod maintenance;
+mod members;
 mod private;
 mod throttle;
 mod tokens;
@@ -33,6 +34,10 @@ use crate::{
 };
 
 use db::Conn;
+
+pub use members::{
+    Deletion, MemberListing, MemberPage, MemberStore, PasswordChange, ProfileChange,
+};
 
 /// Which unique value a write collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +335,7 @@ pub trait Store:
     + TokenStore
     + AuditStore
     + Maintenance
+    + MemberStore
     + Send
     + Sync
     + 'static
@@ -343,6 +349,7 @@ impl<T> Store for T where
         + TokenStore
         + AuditStore
         + Maintenance
+        + MemberStore
         + Send
         + Sync
         + 'static
