@@ -80,6 +80,9 @@ fn envoy_types_protos() -> Result<PathBuf, BoxError> {
             "--manifest-path",
         ])
         .arg(&manifest)
+        // Only this target's packages: `cargo build` downloads no others, and offline metadata
+        // of the whole graph would ask for every platform's.
+        .args(["--filter-platform", &env::var("TARGET")?])
         .output()?;
     if !output.status.success() {
         return Err(format!(

@@ -1,5 +1,5 @@
-//! Command-line interface: `start` (the default), `migrate`, `reset-password`, `probe` and
-//! `import-label-studio`.
+//! Command-line interface: `start` (the default), `migrate`, `reset-password`, `probe`,
+//! `import-label-studio` and `rotate-signing-key`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -36,6 +36,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Import users, API tokens, organizations and invite links from a Label Studio database.
     ImportLabelStudio(ImportLabelStudioArgs),
+    /// Start signing access tokens with a new key; the old one keeps verifying until the tokens
+    /// it signed have expired. Running servers pick the new key up within seconds.
+    RotateSigningKey(DataArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -180,6 +183,7 @@ async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<
             overrides.tls_client_ca = args.tls_client_ca.clone();
         }
         Command::Migrate(data)
+        | Command::RotateSigningKey(data)
         | Command::ResetPassword(ResetPasswordArgs { data, .. })
         | Command::ImportLabelStudio(ImportLabelStudioArgs { data, .. }) => {
             overrides.data_dir = data.data_dir.clone();
@@ -234,6 +238,13 @@ async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<
                 dry_run: args.dry_run,
             };
             print!("{}", crate::import::run(&settings, &options).await?);
+        }
+        Command::RotateSigningKey(_) => {
+            let accounts = build_accounts(&settings).await?;
+            migrate(accounts.store()).await?;
+            accounts.mark_ready();
+            let kid = accounts.rotate_signing_key().await?;
+            println!("access tokens are now signed with key {kid}");
         }
         Command::Probe(_) => unreachable!("handled above"),
     }

@@ -2,6 +2,7 @@
 //! Nothing here performs IO.
 
 mod email;
+pub mod jwt;
 mod names;
 mod password;
 mod throttle;

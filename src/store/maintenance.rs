@@ -44,6 +44,15 @@ macro_rules! migrations {
                     "/0004_credentials_and_activity.sql"
                 )),
             ),
+            (
+                6,
+                "personal access tokens",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0006_personal_access_tokens.sql"
+                )),
+            ),
         ]
     };
 }

@@ -14,6 +14,7 @@ mod import_postgres;
 mod import_sqlite;
 mod login;
 mod maintenance;
+mod personal_tokens;
 mod private;
 mod throttle;
 mod tokens;
@@ -33,6 +34,11 @@ use crate::{
 };
 
 use db::Conn;
+
+pub use personal_tokens::{
+    KeyPurpose, NewKey, PersonalToken, PersonalTokenLookup, PersonalTokenOwner, PersonalTokenStore,
+    StoredKey, TokenSettings,
+};
 
 /// Which unique value a write collided with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +107,8 @@ pub struct LoginRecord {
 pub enum TokenKind {
     Api,
     Session,
+    /// A signed access token, checked without the database.
+    Access,
 }
 
 impl TokenKind {
@@ -191,6 +199,8 @@ pub struct Principal {
     pub kind: TokenKind,
     /// When a session was last seen in use (recorded about once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Whether the user's organization accepts legacy API tokens (always true for other kinds).
+    pub legacy_tokens_enabled: bool,
 }
 
 /// Connections of the store's pool, for metrics.
@@ -328,6 +338,7 @@ pub trait Store:
     + LoginStore
     + ThrottleStore
     + TokenStore
+    + PersonalTokenStore
     + AuditStore
     + Maintenance
     + Send
@@ -341,6 +352,7 @@ impl<T> Store for T where
         + LoginStore
         + ThrottleStore
         + TokenStore
+        + PersonalTokenStore
         + AuditStore
         + Maintenance
         + Send

@@ -13,6 +13,7 @@ mod import;
 mod invites;
 mod load;
 mod operations;
+mod personal_tokens;
 mod security;
 mod server;
 mod signup;
