@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod access_tokens;
 mod authenticate;
 mod cli;
 mod costs;
