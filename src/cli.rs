@@ -103,6 +103,14 @@ pub struct ImportLabelStudioArgs {
     /// Print the report of what would be imported, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Label Studio's SECRET_KEY, which signed its personal access tokens (PATs); without it
+    /// (or --label-studio-data-dir) no PAT is imported.
+    #[arg(long, value_name = "KEY", conflicts_with = "label_studio_data_dir")]
+    pub label_studio_secret_key: Option<String>,
+    /// Label Studio's data directory (LABEL_STUDIO_BASE_DATA_DIR), whose `.env` holds its
+    /// SECRET_KEY.
+    #[arg(long, value_name = "DIR")]
+    pub label_studio_data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -233,9 +241,15 @@ async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<
             println!("password reset; the account's sessions have ended");
         }
         Command::ImportLabelStudio(args) => {
+            let secret_key = match (args.label_studio_secret_key, &args.label_studio_data_dir) {
+                (Some(key), _) => Some(secrecy::SecretString::from(key)),
+                (None, Some(dir)) => Some(crate::import::secret_key_from_data_dir(dir)?),
+                (None, None) => None,
+            };
             let options = crate::import::Options {
                 from: args.from,
                 dry_run: args.dry_run,
+                secret_key,
             };
             print!("{}", crate::import::run(&settings, &options).await?);
         }

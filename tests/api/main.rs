@@ -11,6 +11,7 @@ mod faults;
 mod gateway;
 mod hostile;
 mod import;
+mod import_personal_tokens;
 mod invites;
 mod load;
 mod operations;
