@@ -151,9 +151,12 @@ enum Scenario {
     ForwardAuthAnonymous,
     /// Envoy's `ext_authz` `Check` with an API token, over gRPC.
     ExtAuthz,
+    /// `Authenticate` with an access token (from `RefreshAccessToken`), checked without the
+    /// database.
+    AccessToken,
 }
 
-const ALL_SCENARIOS: [Scenario; 11] = [
+const ALL_SCENARIOS: [Scenario; 12] = [
     Scenario::Password,
     Scenario::ApiToken,
     Scenario::SessionToken,
@@ -165,6 +168,7 @@ const ALL_SCENARIOS: [Scenario; 11] = [
     Scenario::ForwardAuth,
     Scenario::ForwardAuthAnonymous,
     Scenario::ExtAuthz,
+    Scenario::AccessToken,
 ];
 
 fn main() -> ExitCode {
@@ -374,6 +378,12 @@ async fn drive(
             }
             Scenario::ExtAuthz => {
                 let plans = [plan("ext-authz", Op::ExtAuthz, args.concurrency)];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::AccessToken => {
+                // Minted now: they live minutes, and earlier scenarios may take longer.
+                load::mint_access_tokens(&target, &seeds, secs_ms(args.timeout_ms)).await?;
+                let plans = [plan("access-token", Op::AccessToken, args.concurrency)];
                 report.add(load::run(&target, &seeds, cluster, &plans).await?);
             }
         }
