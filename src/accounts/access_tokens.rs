@@ -10,6 +10,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 
 use super::{Accounts, AccountsError, Context, audit::Audit, later};
 use crate::{
@@ -29,6 +30,9 @@ const UNKNOWN_KID_RELOAD: std::time::Duration = std::time::Duration::from_secs(1
 
 /// The issuer named when no public URL is configured.
 const DEFAULT_ISSUER: &str = "label-studio-identity";
+
+/// Access tokens remembered as verified, at most; past that the expired ones go, or all.
+const MAX_VERIFIED: usize = 16_384;
 
 /// The keys in use, as loaded from the database.
 #[derive(Default)]
@@ -83,10 +87,23 @@ impl KeySet {
     }
 }
 
-/// The key set every check reads, replaced whole on each reload.
+/// An access token whose signature was checked, and what it says.
+struct Verified {
+    kid: String,
+    exp: i64,
+    iat: i64,
+    nbf: Option<i64>,
+    principal: Principal,
+}
+
+/// The key set every check reads, replaced whole on each reload, and the access tokens already
+/// verified with it: clients present one token for minutes, so a token seen again costs a hash
+/// and a lookup instead of a signature check. Remembered by the SHA-256 of the whole token, so
+/// only the very same bytes match.
 pub(crate) struct KeyRing {
     set: RwLock<Arc<KeySet>>,
     loaded_at: Mutex<Option<Instant>>,
+    verified: RwLock<HashMap<[u8; 32], Arc<Verified>>>,
 }
 
 impl Default for KeyRing {
@@ -94,6 +111,7 @@ impl Default for KeyRing {
         Self {
             set: RwLock::new(Arc::new(KeySet::default())),
             loaded_at: Mutex::new(None),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 }
@@ -114,6 +132,27 @@ impl KeyRing {
         if let Ok(mut loaded) = self.loaded_at.lock() {
             *loaded = Some(Instant::now());
         }
+    }
+
+    /// A token verified before, still within its lifetime and its key still in the set.
+    fn remembered(&self, digest: &[u8; 32], set: &KeySet, now: i64) -> Option<Principal> {
+        let verified = self.verified.read().ok()?.get(digest)?.clone();
+        (set.access.contains_key(&verified.kid)
+            && jwt::check_times(verified.exp, verified.iat, verified.nbf, now).is_ok())
+        .then(|| verified.principal.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], verified: Verified, now: i64) {
+        let Ok(mut map) = self.verified.write() else {
+            return;
+        };
+        if map.len() >= MAX_VERIFIED {
+            map.retain(|_, v| jwt::check_times(v.exp, v.iat, v.nbf, now).is_ok());
+            if map.len() >= MAX_VERIFIED {
+                map.clear();
+            }
+        }
+        map.insert(digest, Arc::new(verified));
     }
 
     fn loaded_within(&self, window: std::time::Duration) -> bool {
@@ -288,9 +327,14 @@ impl Accounts {
         ctx: &Context,
     ) -> Result<Principal, AccountsError> {
         let now = ctx.now.timestamp();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let set = self.keys.current();
+        if let Some(principal) = self.keys.remembered(&digest, &set, now) {
+            return Ok(principal);
+        }
         let check =
             |set: &KeySet| jwt::verify_access(token, |kid| set.access.get(kid), self.issuer(), now);
-        let mut outcome = check(&self.keys.current());
+        let mut outcome = check(&set);
         if matches!(outcome, Err(JwtError::UnknownKey))
             && !self.keys.loaded_within(UNKNOWN_KID_RELOAD)
         {
@@ -300,7 +344,22 @@ impl Accounts {
             outcome = check(&self.keys.current());
         }
         match outcome {
-            Ok(claims) => Ok(principal(claims)),
+            Ok(claims) => {
+                let verified = Verified {
+                    kid: jwt::Parts::split(token, false)
+                        .and_then(|parts| parts.header())
+                        .ok()
+                        .and_then(|header| header.kid)
+                        .unwrap_or_default(),
+                    exp: claims.exp,
+                    iat: claims.iat,
+                    nbf: claims.nbf,
+                    principal: principal(claims),
+                };
+                let principal = verified.principal.clone();
+                self.keys.remember(digest, verified, now);
+                Ok(principal)
+            }
             Err(error) => {
                 tracing::debug!(%error, "access token refused");
                 self.ensure_ready()?;

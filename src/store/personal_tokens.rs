@@ -58,7 +58,7 @@ pub struct StoredKey {
 }
 
 /// A key to store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct NewKey<'a> {
     pub kid: &'a str,
     pub purpose: KeyPurpose,
@@ -66,6 +66,17 @@ pub struct NewKey<'a> {
     pub private_key: &'a str,
     pub public_key: Option<&'a str>,
     pub now: DateTime<Utc>,
+}
+
+/// Everything but the secret half.
+impl std::fmt::Debug for NewKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey")
+            .field("kid", &self.kid)
+            .field("purpose", &self.purpose)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An organization's token settings (Label Studio's `jwt_auth_jwtsettings`).
