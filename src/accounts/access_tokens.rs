@@ -395,3 +395,82 @@ fn principal(claims: AccessClaims) -> Principal {
         legacy_tokens_enabled: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_access_key(kid: &str) -> StoredKey {
+        let generated = Key::generate_ed25519(kid).unwrap();
+        StoredKey {
+            kid: kid.into(),
+            purpose: KeyPurpose::Access,
+            algorithm: "EdDSA".into(),
+            private_key: generated.secret,
+            public_key: generated.public,
+            created_at: Utc::now(),
+            retired_at: None,
+        }
+    }
+
+    fn verified(kid: &str, exp: i64) -> Verified {
+        Verified {
+            kid: kid.into(),
+            exp,
+            iat: exp - 300,
+            nbf: None,
+            principal: Principal {
+                account: Account {
+                    user: User {
+                        id: 1,
+                        email: "ann@example.com".into(),
+                        username: "ann".into(),
+                        first_name: String::new(),
+                        last_name: String::new(),
+                        date_joined: Utc::now(),
+                        organization_id: None,
+                    },
+                    organization: None,
+                },
+                kind: TokenKind::Access,
+                last_used_at: None,
+                legacy_tokens_enabled: true,
+            },
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_counts_only_while_live_and_its_key_is_in_the_set() {
+        let ring = KeyRing::default();
+        ring.replace(KeySet::build(vec![stored_access_key("k1")]));
+        let set = ring.current();
+        let now = 10_000;
+        ring.remember([1; 32], verified("k1", now + 60), now);
+        ring.remember([2; 32], verified("k1", now - jwt::LEEWAY_SECONDS - 1), now);
+        ring.remember([3; 32], verified("gone", now + 60), now);
+
+        assert!(ring.remembered(&[1; 32], &set, now).is_some());
+        assert!(ring.remembered(&[2; 32], &set, now).is_none(), "expired");
+        assert!(
+            ring.remembered(&[3; 32], &set, now).is_none(),
+            "key left the set"
+        );
+        assert!(ring.remembered(&[4; 32], &set, now).is_none(), "never seen");
+    }
+
+    #[test]
+    fn the_published_key_set_holds_public_access_keys_only() {
+        let mut personal = stored_access_key("p1");
+        personal.purpose = KeyPurpose::Personal;
+        personal.algorithm = "HS256".into();
+        personal.private_key = Key::generate_hmac("p1").unwrap().secret;
+        let set = KeySet::build(vec![stored_access_key("k1"), personal]);
+
+        let jwks: serde_json::Value = serde_json::from_str(&set.jwks).unwrap();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0]["kid"], "k1");
+        assert!(keys[0].get("d").is_none());
+        assert!(set.access_signer.is_some() && set.personal_signer.is_some());
+    }
+}

@@ -411,6 +411,70 @@ async fn legacy_tokens_switched_off_are_refused_until_switched_on(backend: Backe
         .expect("legacy tokens work again");
 }
 
+async fn forged_expired_and_alg_none_pats_do_not_refresh(backend: Backend) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use label_studio_identity::domain::jwt::{self, Key, RefreshClaims};
+
+    let (app, db) = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com", PASSWORD).await;
+    let pat = create_pat(&app, &token(&ann.api_token))
+        .await
+        .unwrap()
+        .token;
+    let claims: RefreshClaims = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(pat.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let kid = db
+        .fetch_string("SELECT key_id FROM personal_access_tokens")
+        .await
+        .unwrap();
+    let b64 = |json: serde_json::Value| URL_SAFE_NO_PAD.encode(json.to_string());
+    let payload = pat.split('.').nth(1).unwrap();
+
+    let forged = [
+        (
+            "another key under the same kid",
+            jwt::encode(&Key::hmac(&kid, b"guessed", true), &claims).unwrap(),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{payload}.",
+                b64(serde_json::json!({"alg": "none", "kid": kid}))
+            ),
+        ),
+        (
+            "EdDSA header on an HMAC key",
+            format!(
+                "{}.{payload}.{}",
+                b64(serde_json::json!({"alg": "EdDSA", "kid": kid})),
+                pat.split('.').nth(2).unwrap()
+            ),
+        ),
+        ("truncated", truncated(&pat).to_owned()),
+        ("oversized", format!("{pat}{}", "A".repeat(9 * 1024))),
+    ];
+    for (what, token) in &forged {
+        let status = refresh(&app, token).await.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    refresh(&app, &pat)
+        .await
+        .expect("the genuine PAT refreshes");
+
+    db.execute("UPDATE personal_access_tokens SET expires_at = created_at")
+        .await;
+
+    assert_refused(
+        refresh(&app, &pat).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+}
+
 async fn failed_refreshes_count_toward_the_token_throttle(backend: Backend) {
     let (app, _db) = spawn_app_with(backend, |s| s.throttle.token_failures_per_address = 3).await;
     let ann = app.sign_up("ann@example.com", PASSWORD).await;
@@ -442,4 +506,5 @@ on_both_backends!(
     switching_pats_off_refuses_creating_and_refreshing_them,
     legacy_tokens_switched_off_are_refused_until_switched_on,
     failed_refreshes_count_toward_the_token_throttle,
+    forged_expired_and_alg_none_pats_do_not_refresh,
 );
