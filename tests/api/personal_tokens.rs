@@ -396,6 +396,17 @@ async fn legacy_tokens_switched_off_are_refused_until_switched_on(backend: Backe
         Code::Unauthenticated,
         "LEGACY_TOKENS_DISABLED",
     );
+    let gateway = crate::gateway::check(
+        &app,
+        "/authz/forward-auth",
+        &[("Authorization", &token(&ann.api_token))],
+    )
+    .await;
+    assert_eq!(gateway.status, 401);
+    assert!(
+        gateway.body.contains("LEGACY_TOKENS_DISABLED"),
+        "{gateway:?}"
+    );
     app.token_login(&ann.session_token)
         .await
         .expect("sessions are unaffected");
