@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Walks through the README's grpcurl session against a real server on localhost:50051:
 # list, sign up, log in, read and reset the invite link, register through it, the People page,
-# the profile and password, and the owner's tools.
+# the profile and password, the owner's tools, create a personal access token and refresh it
+# into an access token, read the key set.
 # Usage: grpcurl.sh [plaintext|tls|mtls]. With tls the server gets a certificate from a CA made
 # here with openssl and grpcurl trusts it with -cacert; mtls also requires a client certificate
 # from that CA. PORT moves the server off 50051.
@@ -144,6 +145,20 @@ check change-password sessionToken "$out"
 out=$(call -d "{\"token\":\"$session\"}" "localhost:$port" $S/Authenticate 2>&1 || true)
 check old-session-ended TOKEN_INVALID "$out"
 session=$(python3 -c "import json,sys; print(json.load(sys.stdin)['sessionToken'])" <<<"$(call "${owner[@]}" -d '{"currentPassword":"owner-password-2","newPassword":"owner-password-3"}' "localhost:$port" $S/ChangePassword)")
+
+pat=$(call -H "authorization: Token $api_token" "localhost:$port" $S/CreatePersonalAccessToken)
+check create-pat '"token": "eyJ' "$pat"
+pat_token=$(field token <<<"$pat")
+
+out=$(call -d "{\"refresh\":\"$pat_token\"}" "localhost:$port" $S/RefreshAccessToken)
+check refresh accessToken "$out"
+access=$(field accessToken <<<"$out")
+
+out=$(call -H "authorization: Bearer $access" "localhost:$port" $S/ListPersonalAccessTokens)
+check list-pats truncatedToken "$out"
+
+out=$(call "localhost:$port" $S/GetJwks)
+check jwks OKP "$out"
 
 out=$(call -d '{"email":"x@example.com","password":"short"}' "localhost:$port" $S/CreateUser 2>&1 || true)
 check error-details '"reason":"PASSWORD_LENGTH"' "$out"

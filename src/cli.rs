@@ -1,5 +1,5 @@
-//! Command-line interface: `start` (the default), `migrate`, `reset-password`, `probe` and
-//! `import-label-studio`.
+//! Command-line interface: `start` (the default), `migrate`, `reset-password`, `probe`,
+//! `import-label-studio` and `rotate-signing-key`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -36,6 +36,9 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Import users, API tokens, organizations and invite links from a Label Studio database.
     ImportLabelStudio(ImportLabelStudioArgs),
+    /// Start signing access tokens with a new key; the old one keeps verifying until the tokens
+    /// it signed have expired. Running servers pick the new key up within seconds.
+    RotateSigningKey(DataArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -100,6 +103,14 @@ pub struct ImportLabelStudioArgs {
     /// Print the report of what would be imported, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Label Studio's SECRET_KEY, which signed its personal access tokens (PATs); without it
+    /// (or --label-studio-data-dir) no PAT is imported.
+    #[arg(long, value_name = "KEY", conflicts_with = "label_studio_data_dir")]
+    pub label_studio_secret_key: Option<String>,
+    /// Label Studio's data directory (LABEL_STUDIO_BASE_DATA_DIR), whose `.env` holds its
+    /// SECRET_KEY.
+    #[arg(long, value_name = "DIR")]
+    pub label_studio_data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -180,6 +191,7 @@ async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<
             overrides.tls_client_ca = args.tls_client_ca.clone();
         }
         Command::Migrate(data)
+        | Command::RotateSigningKey(data)
         | Command::ResetPassword(ResetPasswordArgs { data, .. })
         | Command::ImportLabelStudio(ImportLabelStudioArgs { data, .. }) => {
             overrides.data_dir = data.data_dir.clone();
@@ -229,11 +241,24 @@ async fn execute(cli: Cli, telemetry: &mut Option<Telemetry>) -> anyhow::Result<
             println!("password reset; the account's sessions have ended");
         }
         Command::ImportLabelStudio(args) => {
+            let secret_key = match (args.label_studio_secret_key, &args.label_studio_data_dir) {
+                (Some(key), _) => Some(secrecy::SecretString::from(key)),
+                (None, Some(dir)) => Some(crate::import::secret_key_from_data_dir(dir)?),
+                (None, None) => None,
+            };
             let options = crate::import::Options {
                 from: args.from,
                 dry_run: args.dry_run,
+                secret_key,
             };
             print!("{}", crate::import::run(&settings, &options).await?);
+        }
+        Command::RotateSigningKey(_) => {
+            let accounts = build_accounts(&settings).await?;
+            migrate(accounts.store()).await?;
+            accounts.mark_ready();
+            let kid = accounts.rotate_signing_key().await?;
+            println!("access tokens are now signed with key {kid}");
         }
         Command::Probe(_) => unreachable!("handled above"),
     }

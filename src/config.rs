@@ -30,6 +30,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub throttle: ThrottleSettings,
     pub audit: AuditSettings,
+    pub tokens: TokenSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +138,21 @@ pub struct SessionSettings {
 pub struct AuditSettings {
     /// Audit rows older than this many days are deleted (30 at the least).
     pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    /// How long an access token (from RefreshAccessToken) lives; Label Studio's is 5 minutes.
+    pub access_token_ttl_seconds: u64,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_seconds: 300,
+        }
+    }
 }
 
 impl Default for AuditSettings {
@@ -260,6 +276,7 @@ impl Default for Settings {
             },
             throttle: ThrottleSettings::default(),
             audit: AuditSettings::default(),
+            tokens: TokenSettings::default(),
         }
     }
 }
@@ -641,6 +658,11 @@ impl Settings {
                 1..=TEN_YEARS_SECONDS,
             )?,
             audit_retention: chrono::Duration::days(i64::from(self.audit.retention_days)),
+            access_token_ttl: seconds(
+                "tokens.access_token_ttl_seconds",
+                self.tokens.access_token_ttl_seconds,
+                1..=MAX_ACCESS_TOKEN_TTL_SECONDS,
+            )?,
             throttle_base_delay: base_delay,
             throttle_max_delay: max_delay,
             throttle_window: window,
@@ -673,6 +695,8 @@ const MAX_HASHING_CONCURRENT: u64 = 1_024;
 const MAX_HASHING_WAITING: u64 = 100_000;
 const MAX_HEADER_READ_TIMEOUT_MS: u64 = 10 * 60 * 1_000;
 const MAX_IN_FLIGHT_PER_ADDRESS: u64 = 10_000;
+/// Access tokens can't be revoked, so they stay short-lived: a day at the most.
+const MAX_ACCESS_TOKEN_TTL_SECONDS: u64 = 24 * 60 * 60;
 /// The audit trail refuses to delete younger rows.
 const MIN_AUDIT_RETENTION_DAYS: u64 = 30;
 
@@ -681,6 +705,7 @@ const MIN_AUDIT_RETENTION_DAYS: u64 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Durations {
     pub session_ttl: chrono::Duration,
+    pub access_token_ttl: chrono::Duration,
     pub session_max_idle: chrono::Duration,
     pub audit_retention: chrono::Duration,
     pub throttle_base_delay: chrono::Duration,
@@ -1422,13 +1447,14 @@ mod tests {
             "metrics.header_read_timeout_ms",
             "throttle.window_seconds",
             "throttle.ipv6_prefix_length",
+            "tokens.access_token_ttl_seconds",
         ] {
             assert!(
                 paths.contains(&expected),
                 "{expected} missing from {paths:?}"
             );
         }
-        assert_eq!(paths.len(), 42, "{paths:?}");
+        assert_eq!(paths.len(), 43, "{paths:?}");
         assert!(!paths.contains(&"server"), "sections are not settings");
         let lists: Vec<&str> = keys
             .iter()

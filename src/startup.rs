@@ -11,7 +11,9 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    accounts::{Accounts, BootstrapAccount, Bootstrapped, Policy, ThrottlePolicy},
+    accounts::{
+        Accounts, BootstrapAccount, Bootstrapped, KEY_RELOAD_INTERVAL, Policy, ThrottlePolicy,
+    },
     authz::Authorizer,
     config::{Durations, Settings},
     domain::ThrottleRule,
@@ -299,6 +301,7 @@ pub async fn build_accounts(settings: &Settings) -> anyhow::Result<Accounts> {
             ipv6_prefix_length: throttle.ipv6_prefix_length,
         },
         audit_retention: durations.audit_retention,
+        access_token_ttl: durations.access_token_ttl,
     };
     Ok(Accounts::new(store, hasher, policy))
 }
@@ -349,6 +352,11 @@ async fn readiness(
             Err(error) => return Err(anyhow::Error::new(error).context("bootstrap failed")),
         }
     }
+    // Before any token is signed or checked.
+    accounts
+        .load_signing_keys()
+        .await
+        .context("loading the signing keys")?;
     // Before any login is served, so that the first one is already padded right.
     accounts
         .calibrate_password_checks()
@@ -359,6 +367,7 @@ async fn readiness(
     let mut serving = None;
     let mut last_purge = tokio::time::Instant::now();
     let mut last_flush = tokio::time::Instant::now();
+    let mut last_keys = tokio::time::Instant::now();
     loop {
         let up = matches!(
             tokio::time::timeout(PING_TIMEOUT, accounts.store().ping()).await,
@@ -382,6 +391,12 @@ async fn readiness(
         if up && last_flush.elapsed() >= REFUSALS_INTERVAL {
             last_flush = tokio::time::Instant::now();
             accounts.flush_refusals().await;
+        }
+        if up && last_keys.elapsed() >= KEY_RELOAD_INTERVAL {
+            last_keys = tokio::time::Instant::now();
+            if let Err(error) = accounts.reload_signing_keys().await {
+                tracing::warn!(%error, "reloading the key set failed");
+            }
         }
         if up && last_purge.elapsed() >= PURGE_INTERVAL {
             last_purge = tokio::time::Instant::now();

@@ -102,6 +102,8 @@ pub enum Op {
     ListMembers,
     /// `ListMembers` searching for one of the members seeded with SQL.
     ListMembersQuery,
+    /// `Authenticate` with an access token.
+    AccessToken,
 }
 
 impl Op {
@@ -160,6 +162,10 @@ pub struct Seed {
 
 pub struct Seeds {
     accounts: Vec<Seed>,
+    /// Access tokens of the accounts, minted just before the scenario that uses them, and the
+    /// personal access tokens they come from.
+    access_tokens: std::sync::RwLock<Vec<String>>,
+    personal_tokens: tokio::sync::Mutex<Vec<String>>,
     /// Distinguishes this run's new emails from any earlier run's on the same server.
     tag: String,
     next: AtomicU64,
@@ -286,9 +292,54 @@ pub async fn seed(
     anyhow::ensure!(!accounts.is_empty(), "--users must be at least 1");
     Ok(Seeds {
         accounts,
+        access_tokens: std::sync::RwLock::default(),
+        personal_tokens: tokio::sync::Mutex::default(),
         tag,
         next: AtomicU64::new(0),
     })
+}
+
+/// Gives every seeded account a personal access token (once) and a fresh access token from it.
+pub async fn mint_access_tokens(
+    target: &Target,
+    seeds: &Seeds,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let channel = target.clients(1).await?.remove(0);
+    let mut client = IdentityServiceClient::new(channel);
+    let mut pats = seeds.personal_tokens.lock().await;
+    if pats.is_empty() {
+        for seed in &seeds.accounts {
+            let mut request = request(
+                pb::CreatePersonalAccessTokenRequest {},
+                timeout,
+                seed.address.as_ref(),
+            );
+            request
+                .metadata_mut()
+                .insert("authorization", seed.api_auth.clone());
+            let created = client
+                .create_personal_access_token(request)
+                .await
+                .with_context(|| format!("creating a PAT for {}", seed.email))?;
+            pats.push(created.into_inner().token);
+        }
+    }
+    let mut minted = Vec::with_capacity(pats.len());
+    for (seed, pat) in seeds.accounts.iter().zip(pats.iter()) {
+        let message = pb::RefreshAccessTokenRequest {
+            refresh: pat.clone(),
+        };
+        let access = client
+            .refresh_access_token(request(message, timeout, seed.address.as_ref()))
+            .await
+            .with_context(|| format!("refreshing the PAT of {}", seed.email))?;
+        minted.push(access.into_inner().access_token);
+    }
+    if let Ok(mut tokens) = seeds.access_tokens.write() {
+        *tokens = minted;
+    }
+    Ok(())
 }
 
 /// Runs the plans at the same time over one window and returns what each did, with the
@@ -573,6 +624,24 @@ async fn call(caller: &mut Caller, seeds: &Seeds, op: Op, timeout: Duration) -> 
         Op::ForwardAuth => forward_auth(caller, Some(seed), timeout).await?,
         Op::ForwardAuthAnonymous => forward_auth(caller, None, timeout).await?,
         Op::ExtAuthz => ext_authz(&caller.channel, seed, timeout).await?,
+        Op::AccessToken => {
+            let token = seeds
+                .access_tokens
+                .read()
+                .ok()
+                .and_then(|tokens| {
+                    let n = tokens.len();
+                    (n > 0).then(|| tokens[rand::rng().random_range(0..n)].clone())
+                })
+                .ok_or_else(|| Status::failed_precondition("no access tokens minted"))?;
+            client
+                .authenticate(request(
+                    authenticate(Credentials::Token(token)),
+                    timeout,
+                    address,
+                ))
+                .await?;
+        }
         Op::Mix => unreachable!("a mix is drawn into one call before calling"),
     }
     Ok(())

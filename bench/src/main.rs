@@ -162,9 +162,12 @@ enum Scenario {
     /// `ListMembers` with a search for one member's name, pages of 30, in the same
     /// organization.
     ListMembersQuery,
+    /// `Authenticate` with an access token (from `RefreshAccessToken`), checked without the
+    /// database.
+    AccessToken,
 }
 
-const ALL_SCENARIOS: [Scenario; 13] = [
+const ALL_SCENARIOS: [Scenario; 14] = [
     Scenario::Password,
     Scenario::ApiToken,
     Scenario::SessionToken,
@@ -178,6 +181,7 @@ const ALL_SCENARIOS: [Scenario; 13] = [
     Scenario::ExtAuthz,
     Scenario::ListMembers,
     Scenario::ListMembersQuery,
+    Scenario::AccessToken,
 ];
 
 fn main() -> ExitCode {
@@ -409,6 +413,12 @@ async fn drive(
                     Op::ListMembersQuery,
                     args.concurrency,
                 )];
+                report.add(load::run(&target, &seeds, cluster, &plans).await?);
+            }
+            Scenario::AccessToken => {
+                // Minted now: they live minutes, and earlier scenarios may take longer.
+                load::mint_access_tokens(&target, &seeds, secs_ms(args.timeout_ms)).await?;
+                let plans = [plan("access-token", Op::AccessToken, args.concurrency)];
                 report.add(load::run(&target, &seeds, cluster, &plans).await?);
             }
         }

@@ -114,7 +114,8 @@ impl Report {
             | Op::SessionToken
             | Op::ForwardAuth
             | Op::ForwardAuthAnonymous
-            | Op::ExtAuthz => store,
+            | Op::ExtAuthz
+            | Op::AccessToken => store,
             // One lookup for the caller's token, one for the invite token.
             Op::InviteLink => store.map(|s| s / 2.0),
             // The caller's token, the page and the count.
@@ -139,7 +140,8 @@ impl Report {
             | Op::SessionToken
             | Op::ForwardAuth
             | Op::ForwardAuthAnonymous
-            | Op::ExtAuthz => "store",
+            | Op::ExtAuthz
+            | Op::AccessToken => "store",
             Op::InviteLink => "store/2",
             Op::ListMembers | Op::ListMembersQuery => "store/3",
             Op::Mix => "mixed",
@@ -383,6 +385,22 @@ impl Report {
                     ratio >= 0.5 && p99 < 5.0,
                 ));
             }
+        }
+        if let (Some(access), Some(store)) = (self.row("access-token"), &self.store) {
+            let ratio = access.per_second() / store.per_second;
+            let p99 = ms(access.latencies.at(0.99));
+            let trips = round_trips(access);
+            out.push((
+                format!(
+                    "access-token ≥ 1.0 × store limit, p99 < 2 ms at {}, no database",
+                    self.token_concurrency
+                ),
+                format!(
+                    "{ratio:.2}, p99 {p99:.2} ms, {} round trips",
+                    trips.map_or("-".into(), |t| format!("{t:.2}"))
+                ),
+                ratio >= 1.0 && p99 < 2.0 && trips.is_none_or(|t| t < 0.01),
+            ));
         }
         if let (Some(anonymous), Some(store)) =
             (self.row("forward-auth without credentials"), &self.store)

@@ -39,6 +39,19 @@ pub enum AccountsError {
     NotAMember,
     #[error("this call needs a session token (authorization: Bearer)")]
     SessionRequired,
+    #[error("You already have a valid token. Please revoke it before creating a new one.")]
+    TokenExists,
+    #[error("personal access tokens are disabled for this organization")]
+    PersonalTokensDisabled,
+    /// A PAT that is already revoked (or never was one) when revoking it.
+    #[error("the token is invalid or already revoked")]
+    TokenNotFound,
+    #[error(
+        "Authentication token no longer valid: legacy token authentication has been disabled for this organization"
+    )]
+    LegacyTokensDisabled,
+    #[error("only the organization's owner may do this")]
+    OwnerRequired,
     #[error("the service is busy; retry shortly")]
     Overloaded,
     /// Too many recent failures from this client or for this account.
@@ -54,8 +67,6 @@ pub enum AccountsError {
     UserNotFound,
     #[error("no such member in the caller's organization")]
     MemberNotFound,
-    #[error("only the organization's owner may do this")]
-    OwnerRequired,
     #[error("the owner cannot remove themself from the organization")]
     CannotRemoveSelf,
     #[error("the organization's owner cannot be deleted")]
@@ -79,13 +90,17 @@ impl AccountsError {
             Self::InviteInvalid => "INVITE_INVALID",
             Self::NotAMember => "NOT_A_MEMBER",
             Self::SessionRequired => "SESSION_REQUIRED",
+            Self::TokenExists => "TOKEN_EXISTS",
+            Self::PersonalTokensDisabled => "PERSONAL_ACCESS_TOKENS_DISABLED",
+            Self::TokenNotFound => "TOKEN_INVALID",
+            Self::LegacyTokensDisabled => "LEGACY_TOKENS_DISABLED",
+            Self::OwnerRequired => "OWNER_REQUIRED",
             Self::Overloaded => "OVERLOADED",
             Self::Throttled { .. } => "THROTTLED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Unexpected(_) => "INTERNAL",
             Self::UserNotFound => "USER_NOT_FOUND",
             Self::MemberNotFound => "MEMBER_NOT_FOUND",
-            Self::OwnerRequired => "OWNER_REQUIRED",
             Self::CannotRemoveSelf => "CANNOT_REMOVE_SELF",
             Self::OwnerCannotBeDeleted => "OWNER_CANNOT_BE_DELETED",
         }

@@ -3,6 +3,7 @@
 //! This file holds what they share: the policy, the caller's context, the audit trail and the
 //! throttle keys.
 
+mod access_tokens;
 mod audit;
 mod bootstrap;
 mod error;
@@ -13,6 +14,7 @@ mod maintenance;
 mod members;
 mod organization;
 mod passwords;
+mod personal_tokens;
 mod profile;
 mod removal;
 mod signup;
@@ -30,9 +32,11 @@ use std::{
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use tokio::time::Instant;
 
+pub use access_tokens::{IssuedAccess, KEY_RELOAD_INTERVAL};
 pub use bootstrap::{BootstrapAccount, Bootstrapped};
 pub use error::AccountsError;
 pub use members::{CurrentUser, MemberSearch, MembersPage};
+pub use personal_tokens::{IssuedPersonalToken, MAX_TTL_DAYS, SettingsUpdate};
 pub use profile::ProfileUpdate;
 pub use signup::{Created, SignUp};
 
@@ -57,6 +61,8 @@ pub struct Policy {
     pub throttle: ThrottlePolicy,
     /// Audit rows older than this are deleted.
     pub audit_retention: Duration,
+    /// How long an access token lives.
+    pub access_token_ttl: Duration,
 }
 
 /// How failures slow down further attempts.
@@ -102,6 +108,8 @@ impl Context {
 pub enum Credentials {
     ApiToken(String),
     Session(String),
+    /// `Bearer` with a JWT-shaped token: an access token, checked without the database.
+    AccessToken(String),
 }
 
 /// A session just started: the token is shown once.
@@ -150,6 +158,8 @@ pub struct Accounts {
     in_flight: Arc<in_flight::InFlight>,
     /// Signs member listings' page tokens; its key is read from the store on first use.
     page_tokens: Arc<tokio::sync::OnceCell<crate::domain::PageTokens>>,
+    /// The signing keys, shared by every replica through the database.
+    keys: Arc<access_tokens::KeyRing>,
 }
 
 impl Accounts {
@@ -164,6 +174,7 @@ impl Accounts {
             refusals: Arc::new(audit::Refusals::default()),
             in_flight: Arc::new(in_flight),
             page_tokens: Arc::default(),
+            keys: Arc::default(),
         }
     }
 
@@ -264,6 +275,25 @@ impl Accounts {
             }),
         )
         .await
+    }
+
+    /// An invalid token: counted on the client's token throttle with its audit event, and
+    /// refused.
+    async fn token_refused(&self, ctx: &Context, event: &'static str) -> AccountsError {
+        let key = self.address_key("token-addr", ctx);
+        let rule = self.policy.throttle.token_per_address;
+        match self
+            .record_failure(
+                ctx,
+                &key,
+                rule,
+                audit::Audit::failure(event, "TOKEN_INVALID"),
+            )
+            .await
+        {
+            Ok(()) => AccountsError::TokenInvalid,
+            Err(error) => error,
+        }
     }
 
     /// The throttle key of the client's address for one kind of attempt.

@@ -66,6 +66,11 @@ impl Accounts {
             lookup.principal
         };
         match principal {
+            Some(principal)
+                if principal.kind == TokenKind::Api && !principal.legacy_tokens_enabled =>
+            {
+                Err(AccountsError::LegacyTokensDisabled)
+            }
             Some(principal) => Ok(principal),
             None => {
                 self.record_failure(
@@ -89,6 +94,7 @@ impl Accounts {
         let (token, kind) = match credentials {
             Credentials::ApiToken(token) => (token, TokenKind::Api),
             Credentials::Session(token) => (token, TokenKind::Session),
+            Credentials::AccessToken(token) => return self.access_principal(token, ctx).await,
         };
         let principal = self.lookup_token(token, ctx).await?;
         if principal.kind == kind {
@@ -98,12 +104,16 @@ impl Accounts {
         }
     }
 
-    /// `Authenticate` with a token: an API token or a live session token; starts nothing.
+    /// `Authenticate` with a token: an API token, a live session token or an access token
+    /// (told apart by its shape, and checked without the database); starts nothing.
     pub async fn authenticate_token(
         &self,
         token: &str,
         ctx: &Context,
     ) -> Result<Account, AccountsError> {
+        if crate::domain::jwt::looks_like_jwt(token) {
+            return Ok(self.access_principal(token, ctx).await?.account);
+        }
         Ok(self.lookup_token(token, ctx).await?.account)
     }
 

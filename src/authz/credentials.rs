@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::accounts::{AccountsError, Credentials};
+use crate::{
+    accounts::{AccountsError, Credentials},
+    domain::jwt,
+};
 
 /// Longest token worth looking up; longer ones are refused without touching the database.
 const MAX_TOKEN_LEN: usize = 512;
@@ -50,7 +53,7 @@ impl HeaderSource for HashMap<String, String> {
 }
 
 /// The header strategies: `Authorization: Token <api token>`, `Authorization: Bearer <session
-/// token>` (keywords in any case) or `X-Api-Key: <api token>`. `Ok(None)` when there is none; a
+/// token or access token>` (keywords in any case; an access token is told by its JWT shape) or `X-Api-Key: <api token>`. `Ok(None)` when there is none; a
 /// header that is present but malformed is refused, never skipped.
 pub fn from_headers(headers: &impl HeaderSource) -> Result<Option<Credentials>, AccountsError> {
     if let Some(value) = headers.values("authorization").next() {
@@ -62,11 +65,18 @@ pub fn from_headers(headers: &impl HeaderSource) -> Result<Option<Credentials>, 
                 .ok_or(AccountsError::CredentialsMalformed(
                     "authorization must be `Token <api token>` or `Bearer <session token>`",
                 ))?;
-        let token = checked_token(token.trim())?;
+        let token = token.trim();
         return if scheme.eq_ignore_ascii_case("token") {
-            Ok(Some(Credentials::ApiToken(token)))
+            Ok(Some(Credentials::ApiToken(checked_token(token)?)))
         } else if scheme.eq_ignore_ascii_case("bearer") {
-            Ok(Some(Credentials::Session(token)))
+            // Access tokens are JWTs; session tokens are hex.
+            if token.len() > jwt::MAX_TOKEN_BYTES {
+                Err(AccountsError::TokenInvalid)
+            } else if jwt::looks_like_jwt(token) {
+                Ok(Some(Credentials::AccessToken(token.to_owned())))
+            } else {
+                Ok(Some(Credentials::Session(checked_token(token)?)))
+            }
         } else {
             Err(AccountsError::CredentialsMalformed(
                 "authorization scheme must be Token or Bearer",

@@ -40,6 +40,7 @@ pub struct Check<'a, H> {
 pub enum AuthMethod {
     ApiToken,
     Session,
+    AccessToken,
 }
 
 impl AuthMethod {
@@ -47,6 +48,7 @@ impl AuthMethod {
         match self {
             Self::ApiToken => "api-token",
             Self::Session => "session",
+            Self::AccessToken => "access-token",
         }
     }
 }
@@ -179,6 +181,11 @@ impl Authorizer {
         }
     }
 
+    /// The key set that verifies access tokens, as JSON.
+    pub fn jwks(&self) -> String {
+        self.accounts.jwks()
+    }
+
     /// Decides a request once, whichever gateway asks. Without credentials it touches neither
     /// the database nor the throttle; invalid ones count toward the client's token throttle.
     pub async fn check<H: HeaderSource>(&self, check: Check<'_, H>) -> Decision {
@@ -305,6 +312,7 @@ fn identity(principal: &Principal) -> Result<Identity, Denial> {
         method: match principal.kind {
             TokenKind::Api => AuthMethod::ApiToken,
             TokenKind::Session => AuthMethod::Session,
+            TokenKind::Access => AuthMethod::AccessToken,
         },
     })
 }
@@ -325,6 +333,7 @@ fn denial(error: AccountsError) -> Denial {
             Denial::Unavailable
         }
         error @ (AccountsError::TokenInvalid
+        | AccountsError::LegacyTokensDisabled
         | AccountsError::InvalidCredentials
         | AccountsError::CredentialsMissing
         | AccountsError::CredentialsMalformed(_)) => Denial::Invalid {

@@ -2,6 +2,7 @@
 //! Nothing here performs IO.
 
 mod email;
+pub mod jwt;
 mod members;
 mod names;
 mod password;

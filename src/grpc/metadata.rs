@@ -7,7 +7,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::accounts::{AccountsError, Credentials};
 
-/// Reads `authorization: Token <api token>`, `authorization: Bearer <session token>` (keywords
+/// Reads `authorization: Token <api token>`, `authorization: Bearer <session or access token>` (keywords
 /// case-insensitive) or `x-api-key: <api token>`, as the gateway checks read HTTP headers.
 /// `Ok(None)` when the caller sent none.
 pub fn credentials(metadata: &MetadataMap) -> Result<Option<Credentials>, AccountsError> {

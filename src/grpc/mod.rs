@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod ext_authz;
 mod metadata;
+mod personal_tokens;
 mod service;
 mod status;
 mod trace;

@@ -44,7 +44,7 @@ impl IdentityApi {
     }
 
     /// The time, deadline and client address of a request.
-    fn context<T>(&self, request: &Request<T>) -> Context {
+    pub(super) fn context<T>(&self, request: &Request<T>) -> Context {
         Context {
             now: accounts::now(),
             deadline: deadline(request.metadata()),
@@ -55,8 +55,16 @@ impl IdentityApi {
         }
     }
 
+    pub(super) fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The caller behind the request's credentials; refused when there are none.
-    async fn caller<T>(
+    pub(super) async fn caller<T>(
         &self,
         request: &Request<T>,
         ctx: &Context,
@@ -67,7 +75,7 @@ impl IdentityApi {
     }
 }
 
-fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+pub(super) fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: time.timestamp(),
         nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
@@ -206,7 +214,7 @@ impl From<MembersPage> for pb::ListMembersResponse {
 }
 
 /// Runs one call, records its outcome in the metrics and maps its error to a status.
-async fn observed<T>(
+pub(super) async fn observed<T>(
     metrics: &Metrics,
     method: &'static str,
     call: impl Future<Output = Result<T, AccountsError>>,
@@ -221,6 +229,7 @@ async fn observed<T>(
                 error,
                 AccountsError::InvalidCredentials
                     | AccountsError::TokenInvalid
+                    | AccountsError::LegacyTokensDisabled
                     | AccountsError::CredentialsMissing
                     | AccountsError::CredentialsMalformed(_)
                     | AccountsError::InviteInvalid
@@ -589,5 +598,63 @@ impl IdentityService for IdentityApi {
             })
         })
         .await
+    }
+
+    // Personal access tokens, access tokens and the key set: see `personal_tokens.rs`.
+
+    async fn create_personal_access_token(
+        &self,
+        request: Request<pb::CreatePersonalAccessTokenRequest>,
+    ) -> Result<Response<pb::CreatePersonalAccessTokenResponse>, Status> {
+        self.create_pat(request).await
+    }
+
+    async fn list_personal_access_tokens(
+        &self,
+        request: Request<pb::ListPersonalAccessTokensRequest>,
+    ) -> Result<Response<pb::ListPersonalAccessTokensResponse>, Status> {
+        self.list_pats(request).await
+    }
+
+    async fn revoke_personal_access_token(
+        &self,
+        request: Request<pb::RevokePersonalAccessTokenRequest>,
+    ) -> Result<Response<pb::RevokePersonalAccessTokenResponse>, Status> {
+        self.revoke_pat(request).await
+    }
+
+    async fn rotate_personal_access_token(
+        &self,
+        request: Request<pb::RotatePersonalAccessTokenRequest>,
+    ) -> Result<Response<pb::RotatePersonalAccessTokenResponse>, Status> {
+        self.rotate_pat(request).await
+    }
+
+    async fn refresh_access_token(
+        &self,
+        request: Request<pb::RefreshAccessTokenRequest>,
+    ) -> Result<Response<pb::RefreshAccessTokenResponse>, Status> {
+        self.refresh(request).await
+    }
+
+    async fn get_token_settings(
+        &self,
+        request: Request<pb::GetTokenSettingsRequest>,
+    ) -> Result<Response<pb::GetTokenSettingsResponse>, Status> {
+        self.get_settings(request).await
+    }
+
+    async fn update_token_settings(
+        &self,
+        request: Request<pb::UpdateTokenSettingsRequest>,
+    ) -> Result<Response<pb::UpdateTokenSettingsResponse>, Status> {
+        self.update_settings(request).await
+    }
+
+    async fn get_jwks(
+        &self,
+        request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        self.key_set(request).await
     }
 }

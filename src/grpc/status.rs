@@ -15,20 +15,24 @@ pub fn code(error: &AccountsError) -> Code {
     use AccountsError as E;
     match error {
         E::InvalidField { .. } | E::UserTokenRejected => Code::InvalidArgument,
-        E::EmailTaken | E::UserTokenTaken => Code::AlreadyExists,
+        E::EmailTaken | E::UserTokenTaken | E::TokenExists => Code::AlreadyExists,
+        E::TokenNotFound => Code::NotFound,
         E::InvalidCredentials
         | E::TokenInvalid
+        | E::LegacyTokensDisabled
         | E::CredentialsMissing
         | E::CredentialsMalformed(_) => Code::Unauthenticated,
-        E::SignupRequiresInvite | E::UserTokenNotAllowed | E::InviteInvalid | E::NotAMember => {
-            Code::PermissionDenied
-        }
+        E::SignupRequiresInvite
+        | E::UserTokenNotAllowed
+        | E::InviteInvalid
+        | E::NotAMember
+        | E::PersonalTokensDisabled
+        | E::OwnerRequired => Code::PermissionDenied,
         E::SessionRequired => Code::FailedPrecondition,
         E::Overloaded | E::Throttled { .. } => Code::ResourceExhausted,
         E::Unavailable(_) => Code::Unavailable,
         E::Unexpected(_) => Code::Internal,
         E::UserNotFound | E::MemberNotFound => Code::NotFound,
-        E::OwnerRequired => Code::PermissionDenied,
         E::CannotRemoveSelf | E::OwnerCannotBeDeleted => Code::FailedPrecondition,
     }
 }

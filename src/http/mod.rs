@@ -4,6 +4,7 @@
 //! session, later) is served through [`Connections::serve`].
 
 mod authz;
+mod jwks;
 mod trace;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -13,7 +14,7 @@ use axum::{
     body::Body,
     http::{Request, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::any,
+    routing::{any, get},
 };
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
@@ -56,6 +57,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/authz/auth-request", any(authz::auth_request))
         .route("/authz/forward-auth", any(authz::forward_auth))
+        .route("/.well-known/jwks.json", get(jwks::jwks))
         .fallback(not_found)
         .with_state(state)
         // Outermost, so the span sees the matched route and the final status.

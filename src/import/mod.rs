@@ -1,12 +1,14 @@
 //! `import-label-studio`: carries a Label Studio user base over — users with their passwords,
-//! API tokens, organizations, memberships and current invite links — so that nobody has to
-//! reset anything on the day of the switch.
+//! API tokens, personal access tokens (given Label Studio's secret key), organizations with
+//! their token settings, memberships and current invite links — so that nobody has to reset
+//! anything on the day of the switch.
 //!
 //! Label Studio's database is read read-only ([`source`]), the import is planned without IO
 //! against what the target already holds ([`plan`]), and written in one transaction through
 //! the store's import capability ([`crate::store::import`]): all of it or, when interrupted,
 //! none of it.
 
+mod personal_tokens;
 mod plan;
 mod progress;
 mod report;
@@ -17,7 +19,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 pub use report::{Counts, Kind, Report};
-pub use source::Source;
+pub use source::{Source, secret_key_from_data_dir};
 
 use self::{
     plan::{Plan, PlannedToken},
@@ -27,7 +29,7 @@ use crate::{
     config::Settings,
     domain::{ApiToken, OrganizationId, UserId},
     store::{
-        StoreError, Unique,
+        KeyPurpose, NewKey, PersonalToken, StoreError, Unique,
         import::{
             Access, BATCH_ROWS, ImportTransaction, ImportedMembership, ImportedToken, ImportedUser,
         },
@@ -41,12 +43,15 @@ pub struct Options {
     pub from: String,
     /// Plan and report only: nothing is written, not even the schema.
     pub dry_run: bool,
+    /// Label Studio's `SECRET_KEY`, which signed its PATs; without it no PAT is imported.
+    pub secret_key: Option<secrecy::SecretString>,
 }
 
 /// Imports the Label Studio database `options.from` names into the store `settings` name.
 pub async fn run(settings: &Settings, options: &Options) -> anyhow::Result<Report> {
     let source = Source::parse(&options.from)?;
-    let data = source::read(&source).await?;
+    let mut data = source::read(&source).await?;
+    data.secret_key = options.secret_key.clone();
     tracing::info!(
         users = data.users.len(),
         organizations = data.organizations.len(),
@@ -175,6 +180,46 @@ async fn write(
             .collect();
         tx.insert_memberships(&rows).await?;
         progress.advance(chunk.len());
+    }
+
+    progress.stage("token settings");
+    let settings: Vec<_> = plan
+        .token_settings
+        .iter()
+        .filter_map(|(org, settings)| Some((*organizations.get(org)?, *settings)))
+        .collect();
+    tx.insert_token_settings(&settings).await?;
+    progress.advance(plan.token_settings.len());
+
+    if let Some(key) = &plan.label_studio_key {
+        progress.stage("personal access tokens");
+        use secrecy::ExposeSecret as _;
+        tx.insert_signing_key(&NewKey {
+            kid: &key.kid,
+            purpose: KeyPurpose::LabelStudio,
+            algorithm: "HS256",
+            private_key: key.secret.expose_secret(),
+            public_key: None,
+            now,
+        })
+        .await?;
+        let rows: Vec<PersonalToken> = plan
+            .personal_tokens
+            .iter()
+            .filter_map(|pat| {
+                Some(PersonalToken {
+                    jti: pat.jti.clone(),
+                    user_id: *users.get(&pat.user)?,
+                    token: pat.token.clone(),
+                    key_id: key.kid.clone(),
+                    created_at: pat.created_at,
+                    expires_at: pat.expires_at,
+                    revoked_at: pat.revoked_at,
+                })
+            })
+            .collect();
+        tx.insert_personal_tokens(&rows).await?;
+        progress.advance(plan.personal_tokens.len());
     }
     progress.finish();
     Ok(())

@@ -17,13 +17,17 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret as _;
 
 use super::{
+    personal_tokens::{self, LabelStudioSigningKey, PlannedPersonalToken},
     report::{Kind, Report},
     source::{LabelStudioData, SourceUser},
 };
 use crate::{
     domain::{Email, InviteToken, OrganizationId, PersonName, TokenHash, UserId, Username},
     password::django::{self, Stored},
-    store::import::{Existing, ImportedOrganization, LabelStudioKey, Lookup},
+    store::{
+        TokenSettings,
+        import::{Existing, ImportedOrganization, LabelStudioKey, Lookup},
+    },
 };
 
 /// The longest token authentication accepts.
@@ -76,13 +80,23 @@ pub struct Plan {
     /// Label Studio users and organizations an earlier run imported, and their ids here.
     pub known_users: HashMap<i64, UserId>,
     pub known_organizations: HashMap<i64, OrganizationId>,
+    /// (organization, its settings) for the new organizations Label Studio has settings of.
+    pub token_settings: Vec<(i64, TokenSettings)>,
+    pub personal_tokens: Vec<PlannedPersonalToken>,
+    /// Label Studio's key, when PATs signed with it are imported.
+    pub label_studio_key: Option<LabelStudioSigningKey>,
     pub report: Report,
 }
 
 impl Plan {
     /// Rows the import writes, for the progress bar.
     pub fn rows(&self) -> usize {
-        self.organizations.len() + self.users.len() + self.tokens.len() + self.memberships.len()
+        self.organizations.len()
+            + self.users.len()
+            + self.tokens.len()
+            + self.memberships.len()
+            + self.token_settings.len()
+            + self.personal_tokens.len()
     }
 }
 
@@ -106,12 +120,17 @@ pub fn lookup(data: &LabelStudioData) -> Lookup {
             .filter_map(|org| org.invite_token.as_ref())
             .map(|token| token.expose_secret().to_owned())
             .collect(),
+        jtis: data
+            .personal_tokens
+            .iter()
+            .map(|pat| pat.jti.clone())
+            .collect(),
     }
 }
 
 /// Whether a Label Studio row is written by this run, was imported before, or stays behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
+pub(super) enum Fate {
     New,
     Known,
     Left,
@@ -126,6 +145,9 @@ pub fn plan(data: &LabelStudioData, existing: &Existing) -> Plan {
         memberships: Vec::new(),
         known_users: HashMap::new(),
         known_organizations: HashMap::new(),
+        token_settings: Vec::new(),
+        personal_tokens: Vec::new(),
+        label_studio_key: None,
         report: Report::default(),
     };
     let organizations = plan_organizations(data, existing, &mut plan);
@@ -134,6 +156,8 @@ pub fn plan(data: &LabelStudioData, existing: &Existing) -> Plan {
     choose_active_organizations(data, &mut plan);
     plan_owners(data, &organizations, &users, &mut plan);
     plan_tokens(data, existing, &users, &mut plan);
+    personal_tokens::plan_token_settings(data, &organizations, &mut plan);
+    personal_tokens::plan_personal_tokens(data, existing, &users, &mut plan);
     plan
 }
 
@@ -527,13 +551,13 @@ fn plan_tokens(
         let key = token.key.expose_secret();
         let shown = format!("user {}", token.user_id);
         if let Some(Some(org)) = active.get(&token.user_id)
-            && data.legacy_tokens_disabled.contains(org)
+            && data.legacy_tokens_disabled(*org)
         {
-            plan.report.skipped(
-                Kind::ApiTokens,
-                "legacy API tokens are turned off for their organization in Label Studio",
+            plan.report.note(
+                "API tokens imported switched off, as their organization has legacy tokens off \
+                 in Label Studio",
+                shown.clone(),
             );
-            continue;
         }
         if key.is_empty() || key.len() > MAX_TOKEN_BYTES {
             plan.report
@@ -657,7 +681,7 @@ mod tests {
                 member(3, 1, false),
                 member(4, 1, true),
             ],
-            legacy_tokens_disabled: HashSet::new(),
+            ..LabelStudioData::default()
         }
     }
 
@@ -809,19 +833,20 @@ mod tests {
     }
 
     #[test]
-    fn tokens_label_studio_refuses_stay_behind() {
+    fn tokens_label_studio_refuses_come_along_switched_off() {
         let mut data = label_studio();
-        data.legacy_tokens_disabled.insert(1);
+        data.jwt_settings
+            .push(crate::import::source::SourceJwtSettings {
+                organization_id: 1,
+                api_tokens_enabled: true,
+                legacy_api_tokens_enabled: false,
+                api_token_ttl_days: 73_000,
+            });
         let plan = plan(&data, &Existing::default());
-        // The passwordless user acts in no organization in Label Studio, so its token worked.
-        assert_eq!(plan.report.counts(Kind::ApiTokens), counts(1, 3, 0));
-        assert_eq!(
-            plan.tokens
-                .iter()
-                .filter(|t| matches!(t, PlannedToken::Generated { .. }))
-                .count(),
-            3
-        );
+        assert_eq!(plan.report.counts(Kind::ApiTokens), counts(4, 0, 0));
+        assert_eq!(plan.token_settings.len(), 1);
+        assert!(!plan.token_settings[0].1.legacy_api_tokens_enabled);
+        assert!(plan.report.to_string().contains("switched off"));
     }
 
     #[test]

@@ -18,17 +18,21 @@ pub enum Kind {
     Organizations,
     Users,
     ApiTokens,
+    PersonalTokens,
     Memberships,
     InviteLinks,
+    TokenSettings,
 }
 
 impl Kind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Organizations,
         Self::Users,
         Self::ApiTokens,
+        Self::PersonalTokens,
         Self::Memberships,
         Self::InviteLinks,
+        Self::TokenSettings,
     ];
 
     pub fn label(self) -> &'static str {
@@ -38,6 +42,8 @@ impl Kind {
             Self::ApiTokens => "api tokens",
             Self::Memberships => "memberships",
             Self::InviteLinks => "invite links",
+            Self::PersonalTokens => "PATs",
+            Self::TokenSettings => "token settings",
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Reads what the import needs from Label Studio's own tables (`htx_user`, `authtoken_token`,
 //! `organization`, `organizations_organizationmember` and, where present,
-//! `jwt_auth_jwtsettings`), from its SQLite file or its Postgres database. The source is opened
+//! `jwt_auth_jwtsettings`, `token_blacklist_outstandingtoken` and
+//! `token_blacklist_blacklistedtoken`), from its SQLite file or its Postgres database. The source is opened
 //! read-only and read in one transaction, so the rows are one consistent snapshot.
 
-use std::{collections::HashSet, str::FromStr};
+use std::{path::Path, str::FromStr};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use secrecy::SecretString;
@@ -98,6 +99,27 @@ pub struct SourceMembership {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+/// An organization's `jwt_auth_jwtsettings` row.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceJwtSettings {
+    pub organization_id: i64,
+    pub api_tokens_enabled: bool,
+    /// Off: Label Studio refuses the legacy tokens of users acting in the organization.
+    pub legacy_api_tokens_enabled: bool,
+    pub api_token_ttl_days: i64,
+}
+
+/// A PAT Label Studio issued (`token_blacklist_outstandingtoken`), with its revocation.
+pub struct SourcePersonalToken {
+    pub jti: String,
+    pub user_id: Option<i64>,
+    /// `header.payload`: Label Studio keeps no signature.
+    pub token: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub blacklisted_at: Option<DateTime<Utc>>,
+}
+
 /// Everything the import carries over, as Label Studio stores it.
 #[derive(Default)]
 pub struct LabelStudioData {
@@ -105,9 +127,49 @@ pub struct LabelStudioData {
     pub tokens: Vec<SourceToken>,
     pub organizations: Vec<SourceOrganization>,
     pub memberships: Vec<SourceMembership>,
-    /// Organizations whose settings turn legacy API tokens off: Label Studio refuses the
-    /// tokens of users acting in them.
-    pub legacy_tokens_disabled: HashSet<i64>,
+    pub jwt_settings: Vec<SourceJwtSettings>,
+    pub personal_tokens: Vec<SourcePersonalToken>,
+    /// Label Studio's `SECRET_KEY`, when given: what signed its PATs.
+    pub secret_key: Option<SecretString>,
+}
+
+impl LabelStudioData {
+    /// Organizations whose settings turn legacy API tokens off.
+    pub fn legacy_tokens_disabled(&self, organization: i64) -> bool {
+        self.jwt_settings
+            .iter()
+            .any(|s| s.organization_id == organization && !s.legacy_api_tokens_enabled)
+    }
+}
+
+/// Label Studio's `SECRET_KEY` from its data directory's `.env` (where Label Studio writes the
+/// one it generates), read as Label Studio reads it: the last `SECRET_KEY=` line, surrounding
+/// quotes removed.
+pub fn secret_key_from_data_dir(dir: &Path) -> anyhow::Result<SecretString> {
+    let path = dir.join(".env");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    secret_key_from_env_file(&text)
+        .ok_or_else(|| anyhow::anyhow!("{} holds no SECRET_KEY", path.display()))
+}
+
+fn secret_key_from_env_file(text: &str) -> Option<SecretString> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (name, value) = line.split_once('=')?;
+            (name.trim() == "SECRET_KEY").then_some(value.trim())
+        })
+        .next_back()
+        .map(|value| {
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+                .unwrap_or(value);
+            SecretString::from(unquoted.to_owned())
+        })
+        .filter(|key| !secrecy::ExposeSecret::expose_secret(key).is_empty())
 }
 
 /// Reads the source database, read-only.
@@ -203,13 +265,49 @@ async fn read_sqlite(url: &str) -> anyhow::Result<LabelStudioData> {
         });
     }
     if sqlite_has_table(&mut tx, "jwt_auth_jwtsettings").await? {
-        data.legacy_tokens_disabled = sqlx::query_scalar(
-            "SELECT organization_id FROM jwt_auth_jwtsettings WHERE NOT legacy_api_tokens_enabled",
+        for row in sqlx::query(
+            "SELECT organization_id, CAST(api_tokens_enabled AS INTEGER), \
+             CAST(legacy_api_tokens_enabled AS INTEGER), api_token_ttl_days \
+             FROM jwt_auth_jwtsettings ORDER BY organization_id",
         )
         .fetch_all(&mut *tx)
         .await?
-        .into_iter()
-        .collect();
+        {
+            data.jwt_settings.push(SourceJwtSettings {
+                organization_id: row.try_get(0)?,
+                api_tokens_enabled: row.try_get::<i64, _>(1)? != 0,
+                legacy_api_tokens_enabled: row.try_get::<i64, _>(2)? != 0,
+                api_token_ttl_days: row.try_get(3)?,
+            });
+        }
+    }
+    if sqlite_has_table(&mut tx, "token_blacklist_outstandingtoken").await?
+        && sqlite_has_table(&mut tx, "token_blacklist_blacklistedtoken").await?
+    {
+        for row in sqlx::query(
+            "SELECT o.jti, o.user_id, o.token, CAST(o.created_at AS TEXT), \
+             CAST(o.expires_at AS TEXT), CAST(b.blacklisted_at AS TEXT) \
+             FROM token_blacklist_outstandingtoken o \
+             LEFT JOIN token_blacklist_blacklistedtoken b ON b.token_id = o.id ORDER BY o.id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let time = |index: usize| -> anyhow::Result<Option<DateTime<Utc>>> {
+                row.try_get::<Option<String>, _>(index)?
+                    .as_deref()
+                    .map(sqlite_time)
+                    .transpose()
+            };
+            data.personal_tokens.push(SourcePersonalToken {
+                jti: row.try_get(0)?,
+                user_id: row.try_get(1)?,
+                token: row.try_get(2)?,
+                created_at: time(3)?,
+                expires_at: time(4)?.ok_or_else(|| anyhow::anyhow!("a PAT without expiry"))?,
+                blacklisted_at: time(5)?,
+            });
+        }
     }
     tx.rollback().await?;
     Ok(data)
@@ -293,14 +391,41 @@ async fn read_postgres(url: &str) -> anyhow::Result<LabelStudioData> {
         });
     }
     if postgres_has_table(&mut tx, "jwt_auth_jwtsettings").await? {
-        data.legacy_tokens_disabled = sqlx::query_scalar(
-            "SELECT organization_id::int8 FROM jwt_auth_jwtsettings \
-             WHERE NOT legacy_api_tokens_enabled",
+        for row in sqlx::query(
+            "SELECT organization_id::int8, api_tokens_enabled, legacy_api_tokens_enabled, \
+             api_token_ttl_days::int8 FROM jwt_auth_jwtsettings ORDER BY organization_id",
         )
         .fetch_all(&mut *tx)
         .await?
-        .into_iter()
-        .collect();
+        {
+            data.jwt_settings.push(SourceJwtSettings {
+                organization_id: row.try_get(0)?,
+                api_tokens_enabled: row.try_get(1)?,
+                legacy_api_tokens_enabled: row.try_get(2)?,
+                api_token_ttl_days: row.try_get(3)?,
+            });
+        }
+    }
+    if postgres_has_table(&mut tx, "token_blacklist_outstandingtoken").await?
+        && postgres_has_table(&mut tx, "token_blacklist_blacklistedtoken").await?
+    {
+        for row in sqlx::query(
+            "SELECT o.jti::text, o.user_id::int8, o.token, o.created_at, o.expires_at, \
+             b.blacklisted_at FROM token_blacklist_outstandingtoken o \
+             LEFT JOIN token_blacklist_blacklistedtoken b ON b.token_id = o.id ORDER BY o.id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            data.personal_tokens.push(SourcePersonalToken {
+                jti: row.try_get(0)?,
+                user_id: row.try_get(1)?,
+                token: row.try_get(2)?,
+                created_at: row.try_get(3)?,
+                expires_at: row.try_get(4)?,
+                blacklisted_at: row.try_get(5)?,
+            });
+        }
     }
     tx.rollback().await?;
     Ok(data)
@@ -355,6 +480,26 @@ mod tests {
             DateTime::parse_from_rfc3339("2026-11-28T02:41:16Z").unwrap()
         );
         assert!(sqlite_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_secret_key_is_read_from_a_dotenv_as_label_studio_writes_it() {
+        use secrecy::ExposeSecret as _;
+        let read =
+            |text: &str| secret_key_from_env_file(text).map(|k| k.expose_secret().to_owned());
+        assert_eq!(
+            read("\nSECRET_KEY=abc$%^&*(-_=+)\n").as_deref(),
+            Some("abc$%^&*(-_=+)")
+        );
+        assert_eq!(
+            read("A=1\nexport SECRET_KEY=\"quoted\"\n").as_deref(),
+            Some("quoted")
+        );
+        assert_eq!(
+            read("SECRET_KEY=old\nSECRET_KEY=new\n").as_deref(),
+            Some("new")
+        );
+        assert_eq!(read("OTHER_SECRET_KEY=x\nSECRET_KEY=\n"), None);
     }
 
     #[test]

@@ -16,7 +16,10 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{SqlStore, StoreError, import_postgres::PostgresImport, import_sqlite::SqliteImport};
+use super::{
+    NewKey, PersonalToken, SqlStore, StoreError, TokenSettings, import_postgres::PostgresImport,
+    import_sqlite::SqliteImport,
+};
 use crate::{
     config::Settings,
     domain::{Email, InviteToken, OrganizationId, PersonName, TokenHash, UserId, Username},
@@ -50,6 +53,8 @@ pub struct Existing {
     pub invite_tokens: HashSet<String>,
     /// Memberships (organization, user) of the users imported earlier.
     pub memberships: HashSet<(OrganizationId, UserId)>,
+    /// Of the PAT ids (`jti`) asked about, those recorded here.
+    pub jtis: HashSet<String>,
 }
 
 /// The values whose presence in the target the plan needs to know.
@@ -58,6 +63,7 @@ pub struct Lookup {
     pub emails: Vec<String>,
     pub token_hashes: Vec<String>,
     pub invite_tokens: Vec<String>,
+    pub jtis: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +144,15 @@ pub trait ImportTransaction: Send {
     async fn set_owners(&mut self, owners: &[(OrganizationId, UserId)]) -> Result<(), StoreError>;
     async fn insert_tokens(&mut self, rows: &[ImportedToken]) -> Result<(), StoreError>;
     async fn insert_memberships(&mut self, rows: &[ImportedMembership]) -> Result<(), StoreError>;
+    /// Organizations' token settings (Label Studio's JWT settings).
+    async fn insert_token_settings(
+        &mut self,
+        rows: &[(OrganizationId, TokenSettings)],
+    ) -> Result<(), StoreError>;
+    /// A key that verifies imported PATs; nothing when it is there already.
+    async fn insert_signing_key(&mut self, key: &NewKey<'_>) -> Result<(), StoreError>;
+    /// PAT records; one already there is left as it is.
+    async fn insert_personal_tokens(&mut self, rows: &[PersonalToken]) -> Result<(), StoreError>;
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }
 
@@ -201,3 +216,56 @@ pub(crate) fn in_row_order(
 pub(crate) fn sqlite_file_exists(path: &Path) -> bool {
     !path.as_os_str().is_empty() && path != Path::new(":memory:") && path.exists()
 }
+
+/// Writes the PAT side of an import (token settings, Label Studio's key, PAT records) on
+/// either backend's transaction: one row a statement, as there are few (one PAT a user, about).
+macro_rules! insert_token_rows {
+    (settings, $tx:expr, $rows:expr) => {
+        for (organization, settings) in $rows {
+            sqlx::query(
+                "INSERT INTO token_settings (organization_id, api_tokens_enabled, \
+                 legacy_api_tokens_enabled, api_token_ttl_days) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (organization_id) DO NOTHING",
+            )
+            .bind(*organization)
+            .bind(settings.api_tokens_enabled)
+            .bind(settings.legacy_api_tokens_enabled)
+            .bind(settings.api_token_ttl_days)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    };
+    (key, $tx:expr, $key:expr) => {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, purpose, algorithm, private_key, public_key, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind($key.kid)
+        .bind($key.purpose.as_str())
+        .bind($key.algorithm)
+        .bind($key.private_key)
+        .bind($key.public_key)
+        .bind($crate::store::db::Ts($key.now))
+        .execute(&mut *$tx)
+        .await?;
+    };
+    (tokens, $tx:expr, $rows:expr) => {
+        for token in $rows {
+            sqlx::query(
+                "INSERT INTO personal_access_tokens \
+                 (jti, user_id, token, key_id, created_at, expires_at, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (jti) DO NOTHING",
+            )
+            .bind(token.jti.as_str())
+            .bind(token.user_id)
+            .bind(token.token.as_str())
+            .bind(token.key_id.as_str())
+            .bind($crate::store::db::Ts(token.created_at))
+            .bind($crate::store::db::Ts(token.expires_at))
+            .bind(token.revoked_at.map($crate::store::db::Ts))
+            .execute(&mut *$tx)
+            .await?;
+        }
+    };
+}
+pub(crate) use insert_token_rows;

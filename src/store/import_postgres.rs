@@ -9,10 +9,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::{
-    Maintenance, SqlStore, StoreError,
+    Maintenance, NewKey, PersonalToken, SqlStore, StoreError, TokenSettings,
     import::{
         Access, Existing, ImportTransaction, ImportedMembership, ImportedOrganization,
         ImportedToken, ImportedUser, LabelStudioImport, LabelStudioKey, Lookup, in_row_order,
+        insert_token_rows,
     },
 };
 use crate::domain::{OrganizationId, UserId};
@@ -129,6 +130,14 @@ impl ImportTransaction for PostgresImportTransaction {
             invite_tokens: invite_tokens.into_iter().collect(),
             ..Existing::default()
         };
+        if self.has_table("personal_access_tokens").await? {
+            let jtis: Vec<String> =
+                sqlx::query_scalar("SELECT jti FROM personal_access_tokens WHERE jti = ANY($1)")
+                    .bind(&lookup.jtis)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+            existing.jtis = jtis.into_iter().collect();
+        }
         if self.has_table("label_studio_users").await? {
             existing.users = self
                 .keys(
@@ -273,6 +282,24 @@ impl ImportTransaction for PostgresImportTransaction {
             .execute(&mut *self.tx)
             .await?;
         }
+        Ok(())
+    }
+
+    async fn insert_token_settings(
+        &mut self,
+        rows: &[(OrganizationId, TokenSettings)],
+    ) -> Result<(), StoreError> {
+        insert_token_rows!(settings, self.tx, rows);
+        Ok(())
+    }
+
+    async fn insert_signing_key(&mut self, key: &NewKey<'_>) -> Result<(), StoreError> {
+        insert_token_rows!(key, self.tx, key);
+        Ok(())
+    }
+
+    async fn insert_personal_tokens(&mut self, rows: &[PersonalToken]) -> Result<(), StoreError> {
+        insert_token_rows!(tokens, self.tx, rows);
         Ok(())
     }
 

@@ -13,11 +13,11 @@ use sqlx::{
 };
 
 use super::{
-    Maintenance, SqlStore, StoreError,
+    Maintenance, NewKey, PersonalToken, SqlStore, StoreError, TokenSettings,
     import::{
         Existing, ImportTransaction, ImportedMembership, ImportedOrganization, ImportedToken,
-        ImportedUser, LabelStudioImport, LabelStudioKey, Lookup, in_row_order, sqlite_file_exists,
-        sqlite_statements,
+        ImportedUser, LabelStudioImport, LabelStudioKey, Lookup, in_row_order, insert_token_rows,
+        sqlite_file_exists, sqlite_statements,
     },
 };
 use crate::domain::{OrganizationId, UserId};
@@ -171,6 +171,13 @@ impl ImportTransaction for SqliteImportTransaction {
                 .collect(),
             ..Existing::default()
         };
+        if self.has_table("personal_access_tokens").await? {
+            existing.jtis = self
+                .present("personal_access_tokens", "jti", &lookup.jtis)
+                .await?
+                .into_iter()
+                .collect();
+        }
         if self.has_table("label_studio_users").await? {
             existing.users = self
                 .keys(
@@ -313,6 +320,24 @@ impl ImportTransaction for SqliteImportTransaction {
             });
             query.build().execute(&mut *self.tx).await?;
         }
+        Ok(())
+    }
+
+    async fn insert_token_settings(
+        &mut self,
+        rows: &[(OrganizationId, TokenSettings)],
+    ) -> Result<(), StoreError> {
+        insert_token_rows!(settings, self.tx, rows);
+        Ok(())
+    }
+
+    async fn insert_signing_key(&mut self, key: &NewKey<'_>) -> Result<(), StoreError> {
+        insert_token_rows!(key, self.tx, key);
+        Ok(())
+    }
+
+    async fn insert_personal_tokens(&mut self, rows: &[PersonalToken]) -> Result<(), StoreError> {
+        insert_token_rows!(tokens, self.tx, rows);
         Ok(())
     }
 

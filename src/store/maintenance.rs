@@ -49,6 +49,15 @@ macro_rules! migrations {
                 "members",
                 include_str!(concat!("../../migrations/", $dialect, "/0005_members.sql")),
             ),
+            (
+                6,
+                "personal access tokens",
+                include_str!(concat!(
+                    "../../migrations/",
+                    $dialect,
+                    "/0006_personal_access_tokens.sql"
+                )),
+            ),
         ]
     };
 }

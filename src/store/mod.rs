@@ -15,6 +15,7 @@ mod import_sqlite;
 mod login;
 mod maintenance;
 mod members;
+mod personal_tokens;
 mod private;
 mod throttle;
 mod tokens;
@@ -37,6 +38,10 @@ use db::Conn;
 
 pub use members::{
     Deletion, MemberListing, MemberPage, MemberStore, PasswordChange, ProfileChange,
+};
+pub use personal_tokens::{
+    KeyPurpose, NewKey, PersonalToken, PersonalTokenLookup, PersonalTokenOwner, PersonalTokenStore,
+    StoredKey, TokenSettings,
 };
 
 /// Which unique value a write collided with.
@@ -106,6 +111,8 @@ pub struct LoginRecord {
 pub enum TokenKind {
     Api,
     Session,
+    /// A signed access token, checked without the database.
+    Access,
 }
 
 impl TokenKind {
@@ -196,6 +203,8 @@ pub struct Principal {
     pub kind: TokenKind,
     /// When a session was last seen in use (recorded about once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Whether the user's organization accepts legacy API tokens (always true for other kinds).
+    pub legacy_tokens_enabled: bool,
 }
 
 /// Connections of the store's pool, for metrics.
@@ -333,6 +342,7 @@ pub trait Store:
     + LoginStore
     + ThrottleStore
     + TokenStore
+    + PersonalTokenStore
     + AuditStore
     + Maintenance
     + MemberStore
@@ -347,6 +357,7 @@ impl<T> Store for T where
         + LoginStore
         + ThrottleStore
         + TokenStore
+        + PersonalTokenStore
         + AuditStore
         + Maintenance
         + MemberStore

@@ -18,9 +18,10 @@ const PRINCIPAL: &str = concat!(
     "SELECT (SELECT th.blocked_until FROM throttle th WHERE th.key = $3) AS throttled_until, \
      acc.* FROM (SELECT 1) AS one LEFT JOIN (",
     select_account!(
-        ", t.kind, t.last_used_at",
+        ", t.kind, t.last_used_at, ts.legacy_api_tokens_enabled",
         "FROM tokens t JOIN users u ON u.id = t.user_id",
-        "WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.is_active \
+        "LEFT JOIN token_settings ts ON ts.organization_id = o.id \
+         WHERE t.token_hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2) AND u.is_active \
          AND (t.kind <> 'session' OR t.last_used_at > $4)"
     ),
     ") AS acc ON TRUE"
@@ -33,6 +34,7 @@ where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Ts: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let blocked_until = row
         .try_get::<Option<Ts>, _>("throttled_until")?
@@ -42,6 +44,9 @@ where
             account: AccountRow::read(row)?.into(),
             kind: TokenKind::parse(&kind)?,
             last_used_at: row.try_get::<Option<Ts>, _>("last_used_at")?.map(|t| t.0),
+            legacy_tokens_enabled: row
+                .try_get::<Option<bool>, _>("legacy_api_tokens_enabled")?
+                .unwrap_or(true),
         }),
         None => None,
     };

@@ -37,7 +37,7 @@ const BROWSER: (&str, &str) = (
 const API_CLIENT: (&str, &str) = ("Accept", "application/json");
 
 /// One gateway check over HTTP.
-async fn check(app: &TestApp, endpoint: &str, headers: &[(&str, &str)]) -> HttpReply {
+pub async fn check(app: &TestApp, endpoint: &str, headers: &[(&str, &str)]) -> HttpReply {
     http_request(
         app.http_addr.expect("http listener"),
         "GET",
@@ -48,7 +48,7 @@ async fn check(app: &TestApp, endpoint: &str, headers: &[(&str, &str)]) -> HttpR
 }
 
 /// One ext_authz `Check` with these request headers (lowercase keys, as Envoy sends them).
-async fn ext_authz(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+pub async fn ext_authz(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> CheckResponse {
     let mut grpc = tonic::client::Grpc::new(app.channel.clone());
     grpc.ready().await.expect("ready");
     let request = CheckRequest {

@@ -436,6 +436,17 @@ impl Drop for TestApp {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_label-studio-identity");
 
+/// The fixture set `name` of `shared/fixtures/`, found beside the clone or a folder further up
+/// (a worktree sits deeper than the clone).
+pub fn fixtures(name: &str) -> PathBuf {
+    let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .ancestors()
+        .map(|dir| dir.join("shared/fixtures").join(name))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("shared/fixtures/{name} beside the clone"))
+}
+
 /// A server process on a free port, stopped with SIGTERM when dropped.
 pub struct ServerProcess {
     pub child: Child,

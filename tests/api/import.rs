@@ -18,23 +18,21 @@ use crate::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_label-studio-identity");
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/label-studio-1.23.2"
-);
+/// The Label Studio fixture with legacy tokens on.
+pub const LEGACY_FIXTURE: &str = "label-studio-1.23.2";
 
 /// Which of the fixture's Label Studio databases a test imports.
 #[derive(Debug, Clone, Copy)]
-enum Fixture {
+pub enum Fixture {
     Sqlite,
     Postgres,
 }
 
 /// A Label Studio database ready to import from.
-struct LabelStudio {
-    url: String,
+pub struct LabelStudio {
+    pub url: String,
     /// The manifest's account of this database: users, passwords, tokens, invite tokens.
-    manifest: Value,
+    pub manifest: Value,
     /// Keeps the loaded Postgres database (or the copied SQLite file) until the test ends.
     _keep: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
@@ -42,14 +40,20 @@ struct LabelStudio {
 
 impl LabelStudio {
     async fn open(fixture: Fixture) -> Self {
+        Self::open_set(LEGACY_FIXTURE, fixture).await
+    }
+
+    /// A database of the fixture set `name` (a folder of `shared/fixtures/`).
+    pub async fn open_set(name: &str, fixture: Fixture) -> Self {
+        let dir = crate::helpers::fixtures(name);
         let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(Path::new(FIXTURES).join("manifest.json"))
+            &std::fs::read_to_string(dir.join("manifest.json"))
                 .expect("the fixture's manifest.json (shared/ beside the clone)"),
         )
         .expect("manifest.json is JSON");
         match fixture {
             Fixture::Sqlite => Self {
-                url: format!("sqlite://{FIXTURES}/label_studio.sqlite3"),
+                url: format!("sqlite://{}", dir.join("label_studio.sqlite3").display()),
                 manifest: manifest["databases"]["sqlite"].clone(),
                 _keep: None,
                 _dir: None,
@@ -61,7 +65,7 @@ impl LabelStudio {
                 db.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm").await;
                 let status = Command::new("psql")
                     .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url, "-f"])
-                    .arg(Path::new(FIXTURES).join("label_studio.pg.sql"))
+                    .arg(dir.join("label_studio.pg.sql"))
                     .stdout(Stdio::null())
                     .status()
                     .expect("psql (PostgreSQL's client) loads the fixture's dump");
@@ -82,8 +86,9 @@ impl LabelStudio {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("label_studio.sqlite3");
         // Written anew rather than copied, so it doesn't keep the fixture's read-only mode.
-        let bytes = std::fs::read(Path::new(FIXTURES).join("label_studio.sqlite3"))
-            .expect("read the fixture");
+        let bytes =
+            std::fs::read(crate::helpers::fixtures(LEGACY_FIXTURE).join("label_studio.sqlite3"))
+                .expect("read the fixture");
         std::fs::write(&path, bytes).expect("copy the fixture");
         Self {
             url: format!("sqlite://{}", path.display()),
@@ -114,7 +119,7 @@ fn text(value: &Value) -> String {
 }
 
 /// Runs the binary with the target database and nothing else from the environment.
-fn run(db: &TestDb, args: &[&str]) -> Output {
+pub fn run(db: &TestDb, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env_clear()
@@ -125,7 +130,7 @@ fn run(db: &TestDb, args: &[&str]) -> Output {
         .expect("run the binary")
 }
 
-fn import(db: &TestDb, from: &str, extra: &[&str]) -> String {
+pub fn import(db: &TestDb, from: &str, extra: &[&str]) -> String {
     let mut args = vec!["import-label-studio", "--from", from];
     args.extend_from_slice(extra);
     let output = run(db, &args);
@@ -139,7 +144,7 @@ fn import(db: &TestDb, from: &str, extra: &[&str]) -> String {
 }
 
 /// (imported, skipped, conflicts) from the report's line for `label`.
-fn counts(report: &str, label: &str) -> (usize, usize, usize) {
+pub fn counts(report: &str, label: &str) -> (usize, usize, usize) {
     let line = report
         .lines()
         .find(|line| {

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod access_tokens;
 mod authenticate;
 mod cli;
 mod costs;
@@ -10,10 +11,12 @@ mod faults;
 mod gateway;
 mod hostile;
 mod import;
+mod import_personal_tokens;
 mod invites;
 mod load;
 mod members;
 mod operations;
+mod personal_tokens;
 mod profile;
 mod security;
 mod server;
