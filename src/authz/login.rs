@@ -32,7 +32,10 @@ pub fn local_target(original: &str) -> String {
     if original.len() > MAX_TARGET_LEN {
         return "/".to_owned();
     }
-    let mut rest = original.trim();
+    // Control characters go first: browsers drop tabs and newlines anywhere in a URL, so
+    // `/\t/host` is `//host` to them, and the checks below must see what a browser will.
+    let cleaned: String = original.chars().filter(|c| !c.is_control()).collect();
+    let mut rest = cleaned.trim();
     if let Some(fragment) = rest.find('#') {
         rest = &rest[..fragment];
     }
@@ -49,7 +52,7 @@ pub fn local_target(original: &str) -> String {
     let path = rest.trim_start_matches(['/', '\\']);
     let mut target = String::with_capacity(path.len() + 1);
     target.push('/');
-    target.extend(path.chars().filter(|c| !c.is_control()));
+    target.push_str(path);
     target
 }
 
@@ -93,6 +96,14 @@ mod tests {
             ("evil.com", "/evil.com"),
             ("/a\r\nLocation: x", "/aLocation: x"),
             ("/a#//evil.com", "/a"),
+            ("/\t/evil.com", "/evil.com"),
+            ("/\u{0}/evil.com", "/evil.com"),
+            ("/\u{b}/evil.com", "/evil.com"),
+            ("/\r\n/evil.com", "/evil.com"),
+            ("/\u{7f}/evil.com", "/evil.com"),
+            ("\t//evil.com", "/evil.com"),
+            ("/\t\\evil.com", "/evil.com"),
+            ("https:/\t/evil.com/a", "/a"),
             ("", "/"),
         ] {
             assert_eq!(local_target(hostile), expected, "{hostile:?}");

@@ -274,6 +274,10 @@ async fn next_never_leads_to_another_host(backend: Backend) {
         "https://evil.com/a?b=1",
         "//evil.com",
         "https:evil.com",
+        // Browsers drop tabs inside URLs: `/<tab>/evil.com` is `//evil.com` to them.
+        "/\t/evil.com",
+        "/\t\\evil.com",
+        "https:/\t/evil.com/a",
     ] {
         for (endpoint, header) in [
             (FORWARD_AUTH, "X-Forwarded-Uri"),
@@ -715,6 +719,18 @@ async fn ext_authz_denies_like_forward_auth(backend: Backend) {
         denied(ext_authz(&app, "//evil.com/x", &[("accept", "text/html")]).await);
     assert_eq!(status, 302);
     assert_eq!(next_of(&headers["location"]), "/evil.com/x");
+    for hostile in [
+        "/\t/evil.com",
+        "/\u{0}/evil.com",
+        "/\u{b}/evil.com",
+        "/\r\n/evil.com",
+        "/\u{7f}/evil.com",
+    ] {
+        let (_, status, headers) =
+            denied(ext_authz(&app, hostile, &[("accept", "text/html")]).await);
+        assert_eq!(status, 302);
+        assert_eq!(next_of(&headers["location"]), "/evil.com", "{hostile:?}");
+    }
 
     let old_token = format!("Token {}", ann.api_token);
     app.client
