@@ -322,10 +322,12 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// Error codes that mean "not now" rather than "never": Postgres connection failures (class
-/// 08), shutdowns and recovery (57P01..57P03); SQLite's busy and locked database (primary
-/// codes 5 and 6, with any extended code), which another writer holding the lock causes.
+/// 08), shutdowns and recovery (57P01..57P03), transactions aborted to resolve a conflict with
+/// another (class 40: deadlock, serialization failure); SQLite's busy and locked database
+/// (primary codes 5 and 6, with any extended code), which another writer holding the lock
+/// causes.
 fn is_transient(code: &str) -> bool {
-    if code.starts_with("08") || code.starts_with("57P") {
+    if code.starts_with("08") || code.starts_with("57P") || code.starts_with("40") {
         return true;
     }
     code.parse::<i64>()

@@ -260,41 +260,45 @@ impl LoginStore for SqlStore {
         };
         // FOR SHARE holds the user row against a concurrent reset until this statement
         // commits, and waits for one in progress: the session starts only from a credential
-        // that is still current, and a reset that follows ends it.
-        let sql = "WITH u AS (SELECT id FROM users \
-             WHERE id = $1 AND credential_version = $2 AND is_active FOR SHARE), \
-             rehash AS (UPDATE users SET password_hash = $4 \
-             WHERE id = $1 AND password_hash = $3 AND $4::text IS NOT NULL \
-             AND EXISTS (SELECT 1 FROM u)), \
-             expired AS (DELETE FROM tokens WHERE user_id = $1 AND kind = 'session' \
-             AND expires_at <= $6 AND EXISTS (SELECT 1 FROM u)), \
-             cleared AS (DELETE FROM throttle WHERE key = $8 AND EXISTS (SELECT 1 FROM u)), \
-             session AS (INSERT INTO tokens (token_hash, user_id, kind, created_at, expires_at, \
-             last_used_at) SELECT $5, id, 'session', $6, $7, $6 FROM u RETURNING user_id), \
-             audit AS (INSERT INTO audit_events (at, event, outcome, user_id, email, \
-             client_addr, reason, count) SELECT $6, 'login', \
-             CASE WHEN EXISTS (SELECT 1 FROM u) THEN 'success' ELSE 'failure' END, $1, $9, $10, \
-             CASE WHEN EXISTS (SELECT 1 FROM u) THEN NULL ELSE 'CREDENTIALS_CHANGED' END, 1) \
-             SELECT EXISTS (SELECT 1 FROM session) AS started";
-        let started: bool = self
-            .conn
-            .run(
-                "login_succeeded",
-                sqlx::query_scalar(sql)
-                    .bind(success.user)
-                    .bind(success.credential_version)
-                    .bind(success.verified_hash)
-                    .bind(success.new_hash)
-                    .bind(success.session.token.as_str())
-                    .bind(Ts(success.now))
-                    .bind(Ts(success.session.expires_at))
-                    .bind(success.email_key.as_str())
-                    .bind(success.email)
-                    .bind(success.client)
-                    .fetch_one(pool),
-            )
-            .await?;
-        Ok(started)
+        // that is still current, and a reset that follows ends it. A login that also rehashes
+        // takes the row for update at once: two shared holders both upgrading to rewrite the
+        // hash would deadlock each other.
+        let sql = if success.new_hash.is_some() {
+            SUCCEEDED_REHASHING
+        } else {
+            SUCCEEDED
+        };
+        // One statement, so one transaction: when Postgres breaks a deadlock with another
+        // writer (the throttle rows a concurrent admission holds) by aborting it, nothing of
+        // it was written and it runs again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let outcome = self
+                .conn
+                .run(
+                    "login_succeeded",
+                    sqlx::query_scalar(sql)
+                        .bind(success.user)
+                        .bind(success.credential_version)
+                        .bind(success.verified_hash)
+                        .bind(success.new_hash)
+                        .bind(success.session.token.as_str())
+                        .bind(Ts(success.now))
+                        .bind(Ts(success.session.expires_at))
+                        .bind(success.email_key.as_str())
+                        .bind(success.email)
+                        .bind(success.client)
+                        .fetch_one(pool),
+                )
+                .await;
+            match outcome {
+                Err(StoreError::Unavailable(error)) if attempts < 3 && is_conflict(&error) => {
+                    tracing::debug!(%error, attempts, "login write aborted by a conflict; retrying");
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn give_back(&self, key: &ThrottleKey, rule: ThrottleRule) -> Result<(), StoreError> {
@@ -310,3 +314,36 @@ impl LoginStore for SqlStore {
         })
     }
 }
+
+/// Whether Postgres aborted the statement to resolve a conflict with another transaction
+/// (deadlock, serialization failure): running it again is safe and will likely succeed.
+fn is_conflict(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref().is_some_and(|code| code == "40P01" || code == "40001"))
+}
+
+/// A password login's success on Postgres in one statement, the user row locked with `$lock`.
+macro_rules! succeeded {
+    ($lock:literal) => {
+        concat!(
+            "WITH u AS (SELECT id FROM users \
+                         WHERE id = $1 AND credential_version = $2 AND is_active ", $lock, "), \
+                         rehash AS (UPDATE users SET password_hash = $4 \
+                         WHERE id = $1 AND password_hash = $3 AND $4::text IS NOT NULL \
+                         AND EXISTS (SELECT 1 FROM u)), \
+                         expired AS (DELETE FROM tokens WHERE user_id = $1 AND kind = 'session' \
+                         AND expires_at <= $6 AND EXISTS (SELECT 1 FROM u)), \
+                         cleared AS (DELETE FROM throttle WHERE key = $8 AND EXISTS (SELECT 1 FROM u)), \
+                         session AS (INSERT INTO tokens (token_hash, user_id, kind, created_at, expires_at, \
+                         last_used_at) SELECT $5, id, 'session', $6, $7, $6 FROM u RETURNING user_id), \
+                         audit AS (INSERT INTO audit_events (at, event, outcome, user_id, email, \
+                         client_addr, reason, count) SELECT $6, 'login', \
+                         CASE WHEN EXISTS (SELECT 1 FROM u) THEN 'success' ELSE 'failure' END, $1, $9, $10, \
+                         CASE WHEN EXISTS (SELECT 1 FROM u) THEN NULL ELSE 'CREDENTIALS_CHANGED' END, 1) \
+                         SELECT EXISTS (SELECT 1 FROM session) AS started"
+        )
+    };
+}
+use succeeded;
+
+const SUCCEEDED: &str = succeeded!("FOR SHARE");
+const SUCCEEDED_REHASHING: &str = succeeded!("FOR NO KEY UPDATE");

@@ -4,7 +4,9 @@ use label_studio_identity::grpc::pb;
 use tonic::{Code, Request, metadata::MetadataValue};
 
 use crate::{
-    helpers::{Backend, TestApp, TestDb, assert_refused, spawn_app, spawn_app_with, with_auth},
+    helpers::{
+        Backend, TestApp, TestDb, assert_refused, login, spawn_app, spawn_app_with, with_auth,
+    },
     on_both_backends,
 };
 
@@ -264,6 +266,41 @@ async fn a_login_rehashes_a_password_made_with_other_parameters(backend: Backend
     );
 }
 
+/// Concurrent logins to one account whose hash is stale all rehash at once: on Postgres, two
+/// shared row locks both upgrading to rewrite the hash used to deadlock, and one login was
+/// answered INTERNAL. Every correct login succeeds.
+async fn concurrent_logins_that_rehash_one_account_all_succeed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let old = TestApp::start(db.settings()).await;
+    let emails: Vec<String> = (0..8).map(|i| format!("user{i}@example.com")).collect();
+    for email in &emails {
+        old.sign_up(email, PASSWORD).await;
+    }
+    old.stop().await;
+    let mut settings = db.settings();
+    settings.argon2.memory_kib = 128;
+    settings.argon2.iterations = 2;
+    // Logins in flight count toward the email's limit until they succeed: room for eight.
+    settings.throttle.login_failures_per_email = 20;
+    let app = TestApp::start(settings).await;
+
+    for email in &emails {
+        let logins = (0..8).map(|_| {
+            let mut client = app.client.clone();
+            let email = email.clone();
+            async move {
+                for _ in 0..4 {
+                    client
+                        .authenticate(login(&email, PASSWORD))
+                        .await
+                        .expect("a correct login");
+                }
+            }
+        });
+        crate::helpers::join_all(logins).await;
+    }
+}
+
 async fn an_authenticate_without_credentials_is_an_invalid_argument(backend: Backend) {
     let (app, _db) = spawn_app(backend).await;
 
@@ -358,5 +395,6 @@ on_both_backends!(
     logout_needs_a_session_token,
     credentials_travel_in_any_accepted_metadata_form,
     a_login_rehashes_a_password_made_with_other_parameters,
+    concurrent_logins_that_rehash_one_account_all_succeed,
     an_authenticate_without_credentials_is_an_invalid_argument,
 );
