@@ -343,7 +343,6 @@ macro_rules! succeeded {
         )
     };
 }
-use succeeded;
 
 const SUCCEEDED: &str = succeeded!("FOR SHARE");
 const SUCCEEDED_REHASHING: &str = succeeded!("FOR NO KEY UPDATE");
