@@ -2,11 +2,13 @@
 //! checked on the hashing pool (padded to a fixed cost), and the outcome lands in one write:
 //! the session, the rehash, the cleared throttle and the audit row together.
 
+use std::sync::Arc;
+
 use super::{Accounts, AccountsError, Context, StartedSession, audit::Audit};
 use crate::{
-    domain::{Account, Email, Password, ThrottleKey},
+    domain::{Account, Email, Password, ThrottleKey, ThrottleRule},
     password::Verdict,
-    store::{LoginAdmission, LoginAttempt, LoginRecord, LoginSuccess, NewSession},
+    store::{LoginAdmission, LoginAttempt, LoginRecord, LoginSuccess, NewSession, Store},
 };
 
 impl Accounts {
@@ -40,25 +42,21 @@ impl Accounts {
             return Err(AccountsError::InvalidCredentials);
         };
         let email_key = ThrottleKey::new("login-email", email.as_str());
-        let (record, verdict) = self
+        let (record, verdict, admission) = self
             .verify_password(&email, &email_key, &address, &password, "login", ctx)
             .await?;
-        match self
+        let outcome = self
             .start_session(&email, &email_key, &password, record, verdict, ctx)
-            .await
-        {
-            Err(error) if !matches!(error, AccountsError::InvalidCredentials) => {
-                self.give_back(&email_key).await;
-                Err(error)
-            }
-            outcome => outcome,
-        }
+            .await;
+        admission.settle(&outcome);
+        outcome
     }
 
     /// Checks a password of the account with `email` as a login does: admitted on the email's
     /// throttle (counted before the check), checked on the hashing pool at a padded cost, and
     /// on a mismatch counted on the client's address and audited as `event`. The account and
-    /// the verdict when the password is right.
+    /// the verdict when the password is right, with the admission still held: the caller
+    /// settles it once the outcome is known (see [`Admission`]).
     pub(super) async fn verify_password(
         &self,
         email: &Email,
@@ -67,7 +65,7 @@ impl Accounts {
         password: &Password,
         event: &'static str,
         ctx: &Context,
-    ) -> Result<(LoginRecord, Verdict), AccountsError> {
+    ) -> Result<(LoginRecord, Verdict, Admission), AccountsError> {
         let email_rule = self.policy.throttle.login_per_email;
         // A place in the hashing queue first: a login the pool can't take is refused before
         // it costs a database write, and an overload never counts as a failed attempt.
@@ -90,6 +88,9 @@ impl Accounts {
                 return Err(self.throttled(ctx, event, email_key, until));
             }
         };
+        // From here the attempt counts against the email until it is judged: whatever ends
+        // it otherwise (an error, a deadline, the client cancelling the call) gives it back.
+        let admission = Admission::new(self, email_key);
         let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
         let verdict = match self
             .hasher
@@ -97,17 +98,16 @@ impl Accounts {
             .await
         {
             Ok(verdict) => verdict,
-            Err(error) => {
-                // Never checked: the attempt doesn't count against the email.
-                self.give_back(email_key).await;
-                return Err(error.into());
-            }
+            // Never checked: dropping the admission gives it back.
+            Err(error) => return Err(error.into()),
         };
         match (record, verdict) {
             (Some(record), Verdict::Match | Verdict::MatchNeedsRehash) if record.is_active => {
-                Ok((*record, verdict))
+                Ok((*record, verdict, admission))
             }
             (record, _) => {
+                // Judged wrong: the attempt stays counted against the email.
+                admission.keep();
                 let audit = Audit::failure(event, "INVALID_CREDENTIALS")
                     .email(email)
                     .user(record.map(|r| r.account.user.id));
@@ -182,12 +182,57 @@ impl Accounts {
         }
         Ok((record.account, session))
     }
+}
 
-    /// Takes back an admission whose password was never judged.
-    pub(super) async fn give_back(&self, email_key: &ThrottleKey) {
-        let rule = self.policy.throttle.login_per_email;
-        if let Err(error) = self.store.give_back(email_key, rule).await {
-            tracing::warn!(%error, "throttle give-back failed");
+/// A password attempt counted against its email before the check, held until the attempt is
+/// judged. A wrong password or a success ([`Admission::settle`], [`Admission::keep`]) keeps
+/// it: the failure stays counted, or the success's write cleared the count. Anything else that
+/// ends the attempt — an error, an overload, a deadline, or the client cancelling the call,
+/// which drops the request's future mid-way — gives back exactly this one attempt, on a task of
+/// its own so that it happens even when nothing awaits it.
+#[must_use = "dropping an admission gives the attempt back"]
+pub(super) struct Admission {
+    give_back: Option<(Arc<dyn Store>, ThrottleKey, ThrottleRule)>,
+}
+
+impl Admission {
+    fn new(accounts: &Accounts, email_key: &ThrottleKey) -> Self {
+        Self {
+            give_back: Some((
+                Arc::clone(&accounts.store),
+                email_key.clone(),
+                accounts.policy.throttle.login_per_email,
+            )),
         }
+    }
+
+    /// The attempt was judged: it stays as the store recorded it.
+    pub(super) fn keep(mut self) {
+        self.give_back = None;
+    }
+
+    /// Keeps the attempt when the outcome judged the credentials (a success, or a refusal as
+    /// invalid credentials, such as a credential changed meanwhile); gives it back otherwise.
+    pub(super) fn settle<T>(self, outcome: &Result<T, AccountsError>) {
+        if matches!(outcome, Ok(_) | Err(AccountsError::InvalidCredentials)) {
+            self.keep();
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let Some((store, key, rule)) = self.give_back.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("throttle give-back skipped: no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(error) = store.give_back(&key, rule).await {
+                tracing::warn!(%error, "throttle give-back failed");
+            }
+        });
     }
 }

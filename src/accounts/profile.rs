@@ -140,7 +140,7 @@ impl Accounts {
         let user = caller.account.user.id;
         let address = self.address_key("login-addr", ctx);
         let email_key = ThrottleKey::new("login-email", email.as_str());
-        let (record, _) = self
+        let (record, _, admission) = self
             .verify_password(
                 &email,
                 &email_key,
@@ -152,14 +152,11 @@ impl Accounts {
             .await?;
         if record.account.user.id != user {
             // Emails are unique, so this is the caller's own account; never another's.
+            admission.keep();
             return Err(AccountsError::InvalidCredentials);
         }
         let outcome = self.replace_password(&record, &new, &email_key, ctx).await;
-        if let Err(error) = &outcome
-            && !matches!(error, AccountsError::InvalidCredentials)
-        {
-            self.give_back(&email_key).await;
-        }
+        admission.settle(&outcome);
         outcome
     }
 

@@ -574,6 +574,71 @@ async fn ipv6_clients_share_a_throttle_per_network_not_per_address(backend: Back
     );
 }
 
+/// Whether a password check is running right now, from the metrics endpoint.
+async fn hashing(app: &TestApp) -> bool {
+    app.metrics().await.lines().any(|line| {
+        line.strip_prefix("identity_argon2_in_flight ")
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .is_some_and(|running| running >= 1.0)
+    })
+}
+
+/// A client that cancels its correct login while the password is being checked (a closed
+/// browser tab, a client deadline) never had its password judged: the attempt is given back,
+/// so cancelled logins can neither lock the account nor bring a block back.
+async fn cancelled_correct_logins_never_count_against_the_email(backend: Backend) {
+    let (app, db) = spawn_app_with(backend, |s| {
+        strict(s);
+        // A check that takes long enough to be cancelled in the middle of it.
+        s.argon2.memory_kib = 19_456;
+        s.argon2.iterations = 3;
+    })
+    .await;
+    app.sign_up("ann@example.com", PASSWORD).await;
+
+    for _ in 0..4 {
+        let mut client = app.client.clone();
+        let call = tokio::spawn(async move {
+            client
+                .authenticate(login("ann@example.com", PASSWORD))
+                .await
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !hashing(&app).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the check never started"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Admitted and being checked: the client goes away.
+        call.abort();
+        let _ = call.await;
+        while hashing(&app).await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // The give-backs run as the cancelled calls wind down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let failures = db
+            .count("SELECT COALESCE(SUM(failures), 0) FROM throttle WHERE key LIKE 'login-email%'")
+            .await;
+        if failures == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{failures} cancelled logins still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    app.login("ann@example.com", PASSWORD)
+        .await
+        .expect("not throttled: no password was ever wrong");
+}
+
 on_both_backends!(
     failed_logins_throttle_the_email_before_any_hashing,
     unknown_emails_are_throttled_like_known_ones,
@@ -591,4 +656,5 @@ on_both_backends!(
     chosen_token_refusals_count_as_token_guesses,
     a_client_rotating_forged_first_hops_is_throttled_as_its_own_address,
     ipv6_clients_share_a_throttle_per_network_not_per_address,
+    cancelled_correct_logins_never_count_against_the_email,
 );
