@@ -1,18 +1,20 @@
 //! The audit trail as the use cases write it: one row and one `security event` log line per
 //! event, except refusals of throttled clients, which are counted in memory and written as one
-//! row (and one line) per client, event and window, so a flood costs bounded rows.
+//! row (and one line) per client, event and window, whatever key (email or address) throttled
+//! them, so a flood costs bounded rows.
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{Email, ThrottleKey, UserId},
+    domain::{Email, UserId},
     store::AuditEvent,
 };
 
-/// Distinct (event, key) pairs held between two flushes; further ones are counted together.
-const MAX_PENDING_KEYS: usize = 10_000;
+/// Distinct (event, client) pairs held between two flushes; refusals of further clients are
+/// counted together in one row, so even a flood from many addresses writes bounded rows.
+const MAX_PENDING_CLIENTS: usize = 1_000;
 
 /// One event as a use case reports it.
 #[derive(Debug, Clone, Copy)]
@@ -93,15 +95,10 @@ pub(crate) fn log(event: &AuditEvent<'_>) {
 /// Refusals of throttled clients since the last flush.
 #[derive(Default)]
 pub(crate) struct Refusals {
-    pending: Mutex<HashMap<(&'static str, String), Pending>>,
+    pending: Mutex<HashMap<(&'static str, Option<IpAddr>), u32>>,
 }
 
-struct Pending {
-    client: IpAddr,
-    count: u32,
-}
-
-/// One aggregated row: an event refused `count` times for one throttle key.
+/// One aggregated row: an event refused `count` times for one client.
 pub(crate) struct Aggregated {
     pub event: &'static str,
     pub client: String,
@@ -109,18 +106,21 @@ pub(crate) struct Aggregated {
 }
 
 impl Refusals {
-    pub(crate) fn count(&self, event: &'static str, key: &ThrottleKey, client: IpAddr) {
+    /// Counts one refusal of `client`. The key that throttled it (one email of many a client
+    /// tries, say) doesn't split the count: rows stay one per client and event.
+    pub(crate) fn count(&self, event: &'static str, client: IpAddr) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        let overflow = pending.len() >= MAX_PENDING_KEYS;
-        let slot = if overflow && !pending.contains_key(&(event, key.as_str().to_owned())) {
-            (event, "*".to_owned())
+        let slot = if pending.len() >= MAX_PENDING_CLIENTS
+            && !pending.contains_key(&(event, Some(client)))
+        {
+            (event, None)
         } else {
-            (event, key.as_str().to_owned())
+            (event, Some(client))
         };
-        let entry = pending.entry(slot).or_insert(Pending { client, count: 0 });
-        entry.count = entry.count.saturating_add(1);
+        let count = pending.entry(slot).or_insert(0);
+        *count = count.saturating_add(1);
     }
 
     /// Takes what was counted since the last call.
@@ -130,14 +130,10 @@ impl Refusals {
         };
         pending
             .drain()
-            .map(|((event, key), pending)| Aggregated {
+            .map(|((event, client), count)| Aggregated {
                 event,
-                client: if key == "*" {
-                    "*".to_owned()
-                } else {
-                    pending.client.to_string()
-                },
-                count: pending.count,
+                client: client.map_or_else(|| "*".to_owned(), |client| client.to_string()),
+                count,
             })
             .collect()
     }
@@ -148,36 +144,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_of_one_key_become_one_row_with_their_count() {
+    fn refusals_of_one_client_become_one_row_per_event_whatever_the_key() {
         let refusals = Refusals::default();
         let client: IpAddr = "203.0.113.9".parse().unwrap();
-        let key = ThrottleKey::new("token-addr", "203.0.113.9");
         for _ in 0..1000 {
-            refusals.count("token_auth", &key, client);
+            refusals.count("token_auth", client);
         }
-        refusals.count("login", &key, client);
+        // A client trying a new email each time is throttled on each email's key: still one row.
+        for _ in 0..500 {
+            refusals.count("login", client);
+        }
         let mut rows = refusals.take();
         rows.sort_by_key(|row| row.event);
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].event, rows[0].count), ("login", 1));
+        assert_eq!((rows[0].event, rows[0].count), ("login", 500));
         assert_eq!((rows[1].event, rows[1].count), ("token_auth", 1000));
         assert_eq!(rows[1].client, "203.0.113.9");
         assert!(refusals.take().is_empty());
     }
 
     #[test]
-    fn beyond_the_key_limit_refusals_are_counted_together() {
+    fn beyond_the_client_limit_refusals_are_counted_together() {
         let refusals = Refusals::default();
-        for i in 0..(MAX_PENDING_KEYS + 50) {
-            let client = IpAddr::V6(std::net::Ipv6Addr::from(i as u128));
+        for i in 0..(MAX_PENDING_CLIENTS + 50) {
             refusals.count(
                 "token_auth",
-                &ThrottleKey::new("token-addr", &client.to_string()),
-                client,
+                IpAddr::V6(std::net::Ipv6Addr::from(i as u128)),
             );
         }
         let rows = refusals.take();
-        assert_eq!(rows.len(), MAX_PENDING_KEYS + 1);
+        assert_eq!(rows.len(), MAX_PENDING_CLIENTS + 1);
         let other = rows.iter().find(|row| row.client == "*").unwrap();
         assert_eq!(other.count, 50);
     }

@@ -30,7 +30,7 @@ impl Accounts {
                 .db(ctx, self.store.blocked_until(&address, ctx.now))
                 .await?
             {
-                return Err(self.throttled(ctx, "login", &address, until));
+                return Err(self.throttled(ctx, "login", until));
             }
             self.record_failure(
                 ctx,
@@ -85,7 +85,7 @@ impl Accounts {
         let record = match admission {
             LoginAdmission::Admitted(record) => record,
             LoginAdmission::Blocked { until } => {
-                return Err(self.throttled(ctx, event, email_key, until));
+                return Err(self.throttled(ctx, event, until));
             }
         };
         // From here the attempt counts against the email until it is judged: whatever ends

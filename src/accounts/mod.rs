@@ -242,14 +242,8 @@ impl Accounts {
 
     /// A refusal of a throttled client: no database write and no log line of its own, but
     /// counted into the client's aggregated audit row.
-    fn throttled(
-        &self,
-        ctx: &Context,
-        event: &'static str,
-        key: &ThrottleKey,
-        until: DateTime<Utc>,
-    ) -> AccountsError {
-        self.refusals.count(event, key, ctx.client);
+    fn throttled(&self, ctx: &Context, event: &'static str, until: DateTime<Utc>) -> AccountsError {
+        self.refusals.count(event, ctx.client);
         AccountsError::Throttled {
             retry_after: (until - ctx.now).to_std().unwrap_or_default(),
         }

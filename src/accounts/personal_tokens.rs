@@ -223,7 +223,7 @@ impl Accounts {
             .in_flight
             .enter(&key, ctx.deadline)
             .await
-            .ok_or_else(|| self.throttled(ctx, "token_refresh", &key, ctx.now))?;
+            .ok_or_else(|| self.throttled(ctx, "token_refresh", ctx.now))?;
         let parts = Parts::split(refresh.trim(), false).ok();
         let claims = parts
             .as_ref()
@@ -234,7 +234,7 @@ impl Accounts {
                     .db(ctx, self.store.personal_token(&claims.jti, Some(&key)))
                     .await?;
                 if let Some(until) = lookup.blocked_until.filter(|until| *until > ctx.now) {
-                    return Err(self.throttled(ctx, "token_refresh", &key, until));
+                    return Err(self.throttled(ctx, "token_refresh", until));
                 }
                 lookup
                     .found
@@ -245,7 +245,7 @@ impl Accounts {
                     .db(ctx, self.store.blocked_until(&key, ctx.now))
                     .await?
                 {
-                    return Err(self.throttled(ctx, "token_refresh", &key, until));
+                    return Err(self.throttled(ctx, "token_refresh", until));
                 }
                 None
             }

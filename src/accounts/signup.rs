@@ -77,7 +77,7 @@ impl Accounts {
                 .db(ctx, self.store.blocked_until(&key, ctx.now))
                 .await?
         {
-            return Err(self.throttled(ctx, event, &key, until));
+            return Err(self.throttled(ctx, event, until));
         }
         if user_token.as_ref().is_some_and(too_easy_to_guess) {
             return Err(self.refuse_user_token(ctx, event, &fields.email).await);
@@ -130,12 +130,12 @@ impl Accounts {
             .in_flight
             .enter(&key, ctx.deadline)
             .await
-            .ok_or_else(|| self.throttled(ctx, event, &key, ctx.now))?;
+            .ok_or_else(|| self.throttled(ctx, event, ctx.now))?;
         if let Some(until) = self
             .db(ctx, self.store.blocked_until(&key, ctx.now))
             .await?
         {
-            return Err(self.throttled(ctx, event, &key, until));
+            return Err(self.throttled(ctx, event, until));
         }
         // Checked before hashing so a guessed token costs no hashing; checked again inside the
         // transaction so a reset that commits meanwhile still wins.

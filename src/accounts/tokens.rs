@@ -29,13 +29,13 @@ impl Accounts {
             .in_flight
             .enter(&key, ctx.deadline)
             .await
-            .ok_or_else(|| self.throttled(ctx, "token_auth", &key, ctx.now))?;
+            .ok_or_else(|| self.throttled(ctx, "token_auth", ctx.now))?;
         let principal = if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             if let Some(until) = self
                 .db(ctx, self.store.blocked_until(&key, ctx.now))
                 .await?
             {
-                return Err(self.throttled(ctx, "token_auth", &key, until));
+                return Err(self.throttled(ctx, "token_auth", until));
             }
             None
         } else {
@@ -50,7 +50,7 @@ impl Accounts {
             if let Some(until) = lookup.blocked_until.filter(|until| *until > ctx.now) {
                 // While the address is blocked even a right token is refused, so the answers
                 // don't tell guesses apart.
-                return Err(self.throttled(ctx, "token_auth", &key, until));
+                return Err(self.throttled(ctx, "token_auth", until));
             }
             // Often enough that a session in use never reaches its idle limit.
             let touch_every = TOUCH_EVERY.min(self.policy.session_max_idle / 4);
