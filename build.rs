@@ -49,6 +49,43 @@ fn main() -> Result<(), BoxError> {
         .out_dir(&out_dir)
         .compile(&[authorization]);
 
+    // Health checks likewise: `tonic-health`'s messages and service, served through this
+    // glue so that undecodable bytes are INVALID_ARGUMENT there too.
+    let health_method = |name: &str, route: &str, response: &str, streaming: bool| {
+        let method = tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type("::tonic_health::pb::HealthCheckRequest")
+            .output_type(response)
+            .codec_path("crate::grpc::codec::StrictCodec");
+        if streaming {
+            method.server_streaming().build()
+        } else {
+            method.build()
+        }
+    };
+    let health = tonic_build::manual::Service::builder()
+        .name("Health")
+        .package("grpc.health.v1")
+        .method(health_method(
+            "check",
+            "Check",
+            "::tonic_health::pb::HealthCheckResponse",
+            false,
+        ))
+        .method(health_method(
+            "watch",
+            "Watch",
+            "::tonic_health::pb::HealthCheckResponse",
+            true,
+        ))
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .build_transport(false)
+        .out_dir(&out_dir)
+        .compile(&[health]);
+
     let root = envoy_types_protos()?;
     let includes = [
         "data-plane-api",

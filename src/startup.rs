@@ -131,7 +131,8 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
+        let health_service = crate::grpc::health::server(&health);
         set_readiness(&health, ServingStatus::NotServing).await;
         health
             .set_service_status(LIVENESS_SERVICE_NAME, ServingStatus::Serving)

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod ext_authz;
+pub mod health;
 mod metadata;
 mod personal_tokens;
 mod service;

@@ -262,12 +262,24 @@ async fn hostile_requests_are_refused_cleanly_and_change_nothing(backend: Backen
             raw_call(
                 &app,
                 "/labelstudio.identity.v1.IdentityService/Authenticate",
-                body,
+                body.clone(),
             )
             .await,
             &mut tally,
         )
         .await;
+        // Health checks decode as strictly as the service they report on.
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+        ] {
+            let answer = raw_call(&app, path, body.clone()).await;
+            if body.len() < 1000 {
+                let status = answer.as_ref().expect_err("undecodable");
+                assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            }
+            count_rejected(answer, &mut tally).await;
+        }
     }
 
     assert!(tally.len() >= 200, "only {} hostile requests", tally.len());
