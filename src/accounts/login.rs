@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::{Accounts, AccountsError, Context, StartedSession, audit::Audit};
 use crate::{
     domain::{Account, Email, Password, ThrottleKey, ThrottleRule},
@@ -82,15 +84,15 @@ impl Accounts {
                 }),
             )
             .await?;
-        let record = match admission {
-            LoginAdmission::Admitted(record) => record,
+        let (record, blocking) = match admission {
+            LoginAdmission::Admitted { record, blocking } => (record, blocking),
             LoginAdmission::Blocked { until } => {
                 return Err(self.throttled(ctx, event, until));
             }
         };
         // From here the attempt counts against the email until it is judged: whatever ends
         // it otherwise (an error, a deadline, the client cancelling the call) gives it back.
-        let admission = Admission::new(self, email_key);
+        let admission = Admission::new(self, email_key, blocking);
         let stored = record.as_ref().and_then(|r| r.password_hash.as_deref());
         let verdict = match self
             .hasher
@@ -192,17 +194,26 @@ impl Accounts {
 /// its own so that it happens even when nothing awaits it.
 #[must_use = "dropping an admission gives the attempt back"]
 pub(super) struct Admission {
-    give_back: Option<(Arc<dyn Store>, ThrottleKey, ThrottleRule)>,
+    give_back: Option<GiveBack>,
+}
+
+/// What giving an attempt back needs: the key it was counted on, and the block it set.
+struct GiveBack {
+    store: Arc<dyn Store>,
+    key: ThrottleKey,
+    rule: ThrottleRule,
+    blocking: Option<DateTime<Utc>>,
 }
 
 impl Admission {
-    fn new(accounts: &Accounts, email_key: &ThrottleKey) -> Self {
+    fn new(accounts: &Accounts, email_key: &ThrottleKey, blocking: Option<DateTime<Utc>>) -> Self {
         Self {
-            give_back: Some((
-                Arc::clone(&accounts.store),
-                email_key.clone(),
-                accounts.policy.throttle.login_per_email,
-            )),
+            give_back: Some(GiveBack {
+                store: Arc::clone(&accounts.store),
+                key: email_key.clone(),
+                rule: accounts.policy.throttle.login_per_email,
+                blocking,
+            }),
         }
     }
 
@@ -222,7 +233,13 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let Some((store, key, rule)) = self.give_back.take() else {
+        let Some(GiveBack {
+            store,
+            key,
+            rule,
+            blocking,
+        }) = self.give_back.take()
+        else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -230,7 +247,7 @@ impl Drop for Admission {
             return;
         };
         runtime.spawn(async move {
-            if let Err(error) = store.give_back(&key, rule).await {
+            if let Err(error) = store.give_back(&key, rule, blocking).await {
                 tracing::warn!(%error, "throttle give-back failed");
             }
         });

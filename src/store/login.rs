@@ -64,9 +64,10 @@ impl SqlStore {
              CASE WHEN th.updated_at < $5 THEN 1 ELSE th.failures + 1 END, $6, $7, $8, $4), \
              updated_at = $4 \
              WHERE th.blocked_until IS NULL OR th.blocked_until <= $4 \
-             RETURNING th.failures), \
+             RETURNING th.failures, th.blocked_until), \
              email_block AS (SELECT blocked_until FROM throttle WHERE key = $2 AND blocked_until > $4) \
              SELECT (SELECT failures FROM bump) AS admitted, \
+             (SELECT blocked_until FROM bump) AS blocking, \
              GREATEST((SELECT blocked_until FROM addr), (SELECT blocked_until FROM email_block)) \
              AS blocked, acc.* FROM (SELECT 1) AS one LEFT JOIN (",
             login_account!(),
@@ -89,7 +90,10 @@ impl SqlStore {
             )
             .await?;
         if row.try_get::<Option<i32>, _>("admitted")?.is_some() {
-            return Ok(LoginAdmission::Admitted(login_record(&row)?.map(Box::new)));
+            return Ok(LoginAdmission::Admitted {
+                record: login_record(&row)?.map(Box::new),
+                blocking: row.try_get::<Option<Ts>, _>("blocking")?.map(|t| t.0),
+            });
         }
         let until = match row.try_get::<Option<Ts>, _>("blocked")? {
             Some(until) => until.0,
@@ -122,6 +126,7 @@ impl SqlStore {
             return Ok(LoginAdmission::Blocked { until });
         }
         let counted = after_failure(&attempt.email_rule, email, now);
+        let blocking = counted.1;
         self.write_throttle_row(op, &mut tx, attempt.email_key, counted, now)
             .await?;
         let row = self
@@ -134,13 +139,15 @@ impl SqlStore {
             )
             .await?;
         self.conn.run(op, tx.commit()).await?;
-        Ok(LoginAdmission::Admitted(
-            row.as_ref()
+        Ok(LoginAdmission::Admitted {
+            record: row
+                .as_ref()
                 .map(login_record)
                 .transpose()?
                 .flatten()
                 .map(Box::new),
-        ))
+            blocking,
+        })
     }
 
     /// The latest block among `keys`, read after the fact.
@@ -301,14 +308,23 @@ impl LoginStore for SqlStore {
         }
     }
 
-    async fn give_back(&self, key: &ThrottleKey, rule: ThrottleRule) -> Result<(), StoreError> {
+    async fn give_back(
+        &self,
+        key: &ThrottleKey,
+        rule: ThrottleRule,
+        blocking: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        // The attempt was admitted only while no block was in force, so lifting the block it
+        // set restores exactly what it found.
         with_db!(&self.conn.db, pool => {
             self.conn.run("give_back", sqlx::query(
                 "UPDATE throttle SET failures = failures - 1, \
-                 blocked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE blocked_until END \
+                 blocked_until = CASE WHEN failures - 1 < $2 OR blocked_until = $3 THEN NULL \
+                 ELSE blocked_until END \
                  WHERE key = $1 AND failures > 0")
                 .bind(key.as_str())
                 .bind(i64::from(rule.max_failures))
+                .bind(blocking.map(Ts))
                 .execute(pool)).await?;
             Ok(())
         })

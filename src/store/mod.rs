@@ -157,7 +157,12 @@ pub struct LoginAttempt<'a> {
 pub enum LoginAdmission {
     /// Go ahead: the attempt counts against its email until it succeeds. The account, when
     /// one has the email.
-    Admitted(Option<Box<LoginRecord>>),
+    Admitted {
+        record: Option<Box<LoginRecord>>,
+        /// The block this very attempt put on the email (it reached the limit), which giving
+        /// it back lifts again.
+        blocking: Option<DateTime<Utc>>,
+    },
     Blocked {
         until: DateTime<Utc>,
     },
@@ -267,7 +272,14 @@ pub trait LoginStore {
     async fn login_succeeded(&self, success: &LoginSuccess<'_>) -> Result<bool, StoreError>;
     /// Takes back an admission that was never checked (the login failed for another reason
     /// than its credentials): one failure less on the key, and no block below the limit.
-    async fn give_back(&self, key: &ThrottleKey, rule: ThrottleRule) -> Result<(), StoreError>;
+    /// `blocking` is the block the attempt's admission set, if any: lifted unless a later
+    /// attempt replaced it.
+    async fn give_back(
+        &self,
+        key: &ThrottleKey,
+        rule: ThrottleRule,
+        blocking: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Counters of failures shared by every replica.

@@ -588,55 +588,74 @@ async fn hashing(app: &TestApp) -> bool {
 /// so cancelled logins can neither lock the account nor bring a block back.
 async fn cancelled_correct_logins_never_count_against_the_email(backend: Backend) {
     let (app, db) = spawn_app_with(backend, |s| {
-        strict(s);
+        s.throttle.login_failures_per_email = 3;
+        s.throttle.base_delay_ms = 1_000;
         // A check that takes long enough to be cancelled in the middle of it.
         s.argon2.memory_kib = 19_456;
         s.argon2.iterations = 3;
     })
     .await;
     app.sign_up("ann@example.com", PASSWORD).await;
+    let email_failures = || async {
+        db.count("SELECT COALESCE(SUM(failures), 0) FROM throttle WHERE key LIKE 'login-email%'")
+            .await
+    };
 
+    // More cancelled logins than the limit, no wrong password: nothing stays counted.
     for _ in 0..4 {
-        let mut client = app.client.clone();
-        let call = tokio::spawn(async move {
-            client
-                .authenticate(login("ann@example.com", PASSWORD))
-                .await
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !hashing(&app).await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the check never started"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Admitted and being checked: the client goes away.
-        call.abort();
-        let _ = call.await;
-        while hashing(&app).await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        cancel_mid_check(&app, "ann@example.com").await;
     }
-    // The give-backs run as the cancelled calls wind down.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let failures = db
-            .count("SELECT COALESCE(SUM(failures), 0) FROM throttle WHERE key LIKE 'login-email%'")
-            .await;
-        if failures == 0 {
-            break;
-        }
+    while email_failures().await != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{failures} cancelled logins still counted"
+            "cancelled logins still counted"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
     app.login("ann@example.com", PASSWORD)
         .await
         .expect("not throttled: no password was ever wrong");
+
+    // After a lockout has run out, a cancelled login neither brings the block back nor
+    // lengthens it.
+    app.sign_up("bob@example.com", PASSWORD).await;
+    for _ in 0..3 {
+        let _ = app.login("bob@example.com", "wrong-password").await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    cancel_mid_check(&app, "bob@example.com").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while email_failures().await != 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.login("bob@example.com", PASSWORD)
+        .await
+        .expect("the block ran out and the cancelled login put none back");
+}
+
+/// Starts a correct login and cancels it once its password is being checked.
+async fn cancel_mid_check(app: &TestApp, email: &'static str) {
+    let mut client = app.client.clone();
+    let call = tokio::spawn(async move { client.authenticate(login(email, PASSWORD)).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !hashing(app).await {
+        if call.is_finished() {
+            panic!("answered before its check: {:?}", call.await);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Admitted and being checked: the client goes away.
+    call.abort();
+    let _ = call.await;
+    while hashing(app).await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 on_both_backends!(
