@@ -54,14 +54,20 @@ pub struct HttpState {
 
 /// Every HTTP endpoint; unknown paths get 404.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/authz/auth-request", any(authz::auth_request))
         .route("/authz/forward-auth", any(authz::forward_auth))
         .route("/.well-known/jwks.json", get(jwks::jwks))
         .fallback(not_found)
-        .with_state(state)
-        // Outermost, so the span sees the matched route and the final status.
-        .layer(axum::middleware::from_fn(trace::span_requests))
+        .with_state(state);
+    // Only while spans are exported (decided before the listener starts): the middleware boxes
+    // every request's future, a cost checks without it don't pay. Outermost, so the span sees
+    // the matched route and the final status.
+    if crate::telemetry::exporting() {
+        router.layer(axum::middleware::from_fn(trace::span_requests))
+    } else {
+        router
+    }
 }
 
 async fn not_found() -> Response {
