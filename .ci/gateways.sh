@@ -30,12 +30,15 @@ fi
 source .ci/tools.sh
 grpcurl=$(install_grpcurl)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-grpc_port=$(free_port)
-http_port=$(free_port)
-upstream_port=$(free_port)
-nginx_port=$(free_port)
-caddy_port=$(free_port)
+# Five distinct free ports, all held open together while they are picked: picked one by one,
+# the kernel may hand out a port twice.
+read -r grpc_port http_port upstream_port nginx_port caddy_port < <(python3 -c '
+import socket
+sockets = [socket.socket() for _ in range(5)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+')
 
 work=$(mktemp -d)
 pids=()
