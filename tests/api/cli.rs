@@ -10,7 +10,10 @@ use std::{
 use tonic::Code;
 
 use crate::{
-    helpers::{BIN, Backend, ServerProcess, TestApp, TestDb, assert_refused, free_port, run},
+    helpers::{
+        BIN, Backend, LoginsInFlight, ServerProcess, TestApp, TestDb, assert_refused, free_port,
+        run,
+    },
     on_both_backends,
 };
 
@@ -304,10 +307,7 @@ async fn without_a_database_url_the_server_runs_on_sqlite_in_the_data_dir() {
 /// password and every session made before it are refused. Run over several rounds, since a
 /// race is a matter of timing.
 async fn reset_password_wins_every_race_with_logins_in_flight(backend: Backend) {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
+    use std::sync::Arc;
 
     use label_studio_identity::{
         config::Argon2Settings, domain::Password, password::PasswordHasher,
@@ -343,21 +343,7 @@ async fn reset_password_wins_every_race_with_logins_in_flight(backend: Backend) 
         ))
         .await;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let logins: Vec<_> = (0..6)
-            .map(|_| {
-                let (app, stop, old) = (app.clone(), stop.clone(), old.clone());
-                tokio::spawn(async move {
-                    let mut sessions = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(login) = app.login("ann@example.com", &old).await {
-                            sessions.push(login.session_token);
-                        }
-                    }
-                    sessions
-                })
-            })
-            .collect();
+        let logins = LoginsInFlight::start(&app, "ann@example.com", &old);
         tokio::time::sleep(Duration::from_millis(30)).await;
         let reset = {
             let args = [
@@ -377,11 +363,7 @@ async fn reset_password_wins_every_race_with_logins_in_flight(backend: Backend) 
         };
         assert!(reset.status.success(), "{reset:?}");
         // Logins still in flight finish; none of them may leave a working session behind.
-        stop.store(true, Ordering::Relaxed);
-        let mut sessions = Vec::new();
-        for login in logins {
-            sessions.extend(login.await.unwrap());
-        }
+        let sessions = logins.stop().await;
 
         assert_refused(
             app.login("ann@example.com", &old).await,

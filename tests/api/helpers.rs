@@ -945,3 +945,41 @@ pub fn django_pbkdf2(password: &str, iterations: u32) -> String {
         base64::engine::general_purpose::STANDARD.encode(derived)
     )
 }
+
+/// Correct logins with one password, six at a time, until stopped: what runs alongside a
+/// password change or reset to race it.
+pub struct LoginsInFlight {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<JoinHandle<Vec<String>>>,
+}
+
+impl LoginsInFlight {
+    pub fn start(app: &std::sync::Arc<TestApp>, email: &'static str, password: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..6)
+            .map(|_| {
+                let (app, stop, password) = (app.clone(), stop.clone(), password.to_owned());
+                tokio::spawn(async move {
+                    let mut sessions = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Ok(login) = app.login(email, &password).await {
+                            sessions.push(login.session_token);
+                        }
+                    }
+                    sessions
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    /// Stops them once the logins in flight finish; the sessions they started.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut sessions = Vec::new();
+        for worker in self.workers {
+            sessions.extend(worker.await.expect("login worker"));
+        }
+        sessions
+    }
+}

@@ -5,7 +5,9 @@ use prost_types::FieldMask;
 use tonic::Code;
 
 use crate::{
-    helpers::{Backend, assert_refused, spawn_app, spawn_app_with, violated_fields},
+    helpers::{
+        Backend, LoginsInFlight, assert_refused, spawn_app, spawn_app_with, violated_fields,
+    },
     members::{PASSWORD, call, organization},
     on_both_backends,
 };
@@ -371,10 +373,7 @@ async fn a_password_change_leaves_no_secret_in_logs_or_the_audit_table(backend: 
 /// before the change ends with it, and a login verified against the old password but finishing
 /// after it starts none. Several rounds, since a race is a matter of timing.
 async fn a_password_change_wins_every_race_with_logins_in_flight(backend: Backend) {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
+    use std::sync::Arc;
 
     let (app, _db) = spawn_app_with(backend, |s| {
         s.throttle.login_failures_per_email = 100_000;
@@ -390,30 +389,12 @@ async fn a_password_change_wins_every_race_with_logins_in_flight(backend: Backen
     for round in 0..4 {
         let old = format!("password-round-{round}");
         let new = format!("password-round-{}", round + 1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let logins: Vec<_> = (0..6)
-            .map(|_| {
-                let (app, stop, old) = (app.clone(), stop.clone(), old.clone());
-                tokio::spawn(async move {
-                    let mut sessions = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(login) = app.login("ann@example.com", &old).await {
-                            sessions.push(login.session_token);
-                        }
-                    }
-                    sessions
-                })
-            })
-            .collect();
+        let logins = LoginsInFlight::start(&app, "ann@example.com", &old);
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
 
         let changed = call(&app, &auth).change_password(&old, &new).await;
 
-        stop.store(true, Ordering::Relaxed);
-        let mut sessions = Vec::new();
-        for login in logins {
-            sessions.extend(login.await.unwrap());
-        }
+        let sessions = logins.stop().await;
         let changed = changed.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
         raced += sessions.len();
         for session in sessions {
